@@ -1,0 +1,478 @@
+"""The HDF5 feature cache: its layout, the crash-safe writer and the chunked reader.
+
+Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
+
+    /features         (N, H, W, C) float32, chunked, gzip + shuffle
+    /labels           (N,) int32, index into attribute class_names, -1 when unlabelled
+    /paths            (N,) UTF-8 strings, relative to the extracted folder, sorted
+    /sha256           (N,) hex SHA-256 of each file's bytes
+    /skipped/paths    (M,) files that could not be used ...
+    /skipped/reasons  (M,) ... and why
+    attributes        format, class_names, the feature spec (backbone, weights_sha256, layer,
+                      input_size, preprocessing, feature_shape, runtime), weights_source,
+                      package_version, keras_version, created, source_dir
+
+Crash safety: the cache file is only ever replaced whole (`os.replace` of a finished temporary
+file), so it is always either the previous complete cache or the new one. Work in progress goes
+to checkpoint files in `<cache>.parts/`, each also written to a temporary name and renamed when
+complete. A killed run leaves complete checkpoints only; the next run skips what they hold and
+folds them into the cache when it finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from numpy.typing import NDArray
+
+from extractor.spec import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "featcache/1"
+PART_FORMAT = "featcache-part/1"
+#: gzip is the one compression filter every HDF5 build has (lzf is h5py-only); the shuffle
+#: filter groups the bytes of the mostly-zero post-ReLU floats. Level 1: see README, "Cache size".
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 1
+CHUNK_BYTES = 1 << 20
+_STR = h5py.string_dtype("utf-8")
+
+
+class CacheError(RuntimeError):
+    """A cache file is missing, unreadable, or not a feature cache."""
+
+
+def parts_dir(cache_path: Path) -> Path:
+    """Where a run's checkpoints live until they are folded into the cache."""
+    return cache_path.with_name(cache_path.name + ".parts")
+
+
+def _package_version() -> str:
+    from extractor import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class FeatureCache:
+    """Read access to a cache file. Features stay on disk until asked for."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise CacheError(f"no such cache file: {self.path}") from None
+        except OSError as exc:
+            raise CacheError(f"{self.path} is not a readable HDF5 file ({exc})") from None
+        if self._file.attrs.get("format") != FORMAT:
+            self._file.close()
+            raise CacheError(f"{self.path} is not a feature cache (attribute format != {FORMAT})")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._file["features"].shape[0])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: _from_attr(v) for k, v in self._file.attrs.items()}
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.attrs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs.get("class_names", []))
+
+    @property
+    def features(self) -> h5py.Dataset:
+        """The on-disk dataset; slice it (`cache.features[i:j]`) to read rows."""
+        return self._file["features"]
+
+    @property
+    def labels(self) -> NDArray[np.int32]:
+        return np.asarray(self._file["labels"][:], dtype=np.int32)
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.decode("utf-8") for p in self._file["paths"][:]]
+
+    @property
+    def sha256(self) -> list[str]:
+        return [s.decode("ascii") for s in self._file["sha256"][:]]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        grp = self._file["skipped"]
+        return [
+            (p.decode("utf-8"), r.decode("utf-8"))
+            for p, r in zip(grp["paths"][:], grp["reasons"][:], strict=True)
+        ]
+
+    def iter_batches(
+        self, batch_size: int = 1024, indices: Sequence[int] | NDArray[np.integer] | None = None
+    ) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int32]]]:
+        """Yield (features, labels) in order, `batch_size` rows at a time, never the whole cache."""
+        labels = self.labels
+        feats = self.features
+        if indices is None:
+            for start in range(0, len(labels), batch_size):
+                stop = start + batch_size
+                yield np.asarray(feats[start:stop], dtype=np.float32), labels[start:stop]
+            return
+        idx = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            order = np.argsort(chunk, kind="stable")
+            rows = _read_rows(feats, chunk[order])
+            out = np.empty_like(rows)
+            out[order] = rows
+            yield out, labels[chunk]
+
+    def read(
+        self, indices: Sequence[int] | NDArray[np.integer] | None = None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int32]]:
+        """All (or the given) rows in memory at once: for sets that fit."""
+        batches = list(self.iter_batches(4096, indices))
+        if not batches:
+            shape = tuple(self.features.shape[1:])
+            return np.zeros((0, *shape), np.float32), np.zeros((0,), np.int32)
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
+    """Open a feature cache for reading (use as a context manager)."""
+    return FeatureCache(path)
+
+
+def _from_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_from_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _read_rows(dataset: h5py.Dataset, sorted_idx: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Rows at increasing (possibly repeated) indices, read as few contiguous slices."""
+    if len(sorted_idx) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dtype=np.float32)
+    lo, hi = int(sorted_idx[0]), int(sorted_idx[-1]) + 1
+    if hi - lo <= 4 * len(sorted_idx):
+        return np.asarray(dataset[lo:hi], dtype=np.float32)[sorted_idx - lo]
+    unique, inverse = np.unique(sorted_idx, return_inverse=True)
+    return np.asarray(dataset[unique], dtype=np.float32)[inverse]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _chunk_rows(feature_shape: Sequence[int]) -> int:
+    row_bytes = 4 * int(np.prod(feature_shape))
+    return max(1, CHUNK_BYTES // row_bytes)
+
+
+def _create_datasets(f: h5py.File, n: int, feature_shape: Sequence[int]) -> None:
+    f.create_dataset(
+        "features",
+        shape=(n, *feature_shape),
+        dtype=np.float32,
+        chunks=(max(1, min(n, _chunk_rows(feature_shape))), *feature_shape) if n else None,
+        compression=COMPRESSION if n else None,
+        compression_opts=COMPRESSION_LEVEL if n else None,
+        shuffle=bool(n),
+    )
+
+
+def _write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
+    group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
+
+
+def _set_attrs(
+    f: h5py.File, spec: FeatureSpec, class_names: Sequence[str], extra: Mapping[str, Any]
+) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["class_names"] = np.array(list(class_names), dtype=object) if class_names else (
+        np.zeros((0,), dtype=_STR)
+    )
+    for key, value in spec.to_dict().items():
+        f.attrs[key] = value
+    f.attrs["package_version"] = _package_version()
+    f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    for key, value in extra.items():
+        f.attrs[key] = value
+
+
+def _atomic_h5(path: Path) -> tuple[Path, h5py.File]:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return tmp, h5py.File(tmp, "w")
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_cache(
+    path: str | os.PathLike[str],
+    features: NDArray[np.float32],
+    labels: Sequence[int] | NDArray[np.integer],
+    paths: Sequence[str],
+    spec: FeatureSpec,
+    class_names: Sequence[str] = (),
+    sha256: Sequence[str] | None = None,
+    skipped: Sequence[tuple[str, str]] = (),
+    extra_attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a complete cache from in-memory arrays (small sets, tests, synthetic data)."""
+    path = Path(path)
+    n = len(paths)
+    feats = np.asarray(features, dtype=np.float32)
+    if feats.shape != (n, *spec.feature_shape):
+        raise ValueError(
+            f"features must have shape {(n, *spec.feature_shape)}; got {feats.shape}"
+        )
+    tmp, f = _atomic_h5(path)
+    with f:
+        _set_attrs(f, spec, class_names, extra_attrs or {})
+        _create_datasets(f, n, spec.feature_shape)
+        if n:
+            f["features"][:] = feats
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
+        _write_strings(f, "paths", paths)
+        _write_strings(f, "sha256", sha256 if sha256 is not None else [""] * n)
+        grp = f.create_group("skipped")
+        _write_strings(grp, "paths", [p for p, _ in skipped])
+        _write_strings(grp, "reasons", [r for _, r in skipped])
+    _commit(tmp, path)
+    return path
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What a run produced since its last checkpoint."""
+
+    paths: list[str] = dataclasses.field(default_factory=list)
+    sha256: list[str] = dataclasses.field(default_factory=list)
+    features: list[NDArray[np.float32]] = dataclasses.field(default_factory=list)
+    #: Files whose bytes equal a file already extracted: they share its features.
+    dup_paths: list[str] = dataclasses.field(default_factory=list)
+    dup_sha256: list[str] = dataclasses.field(default_factory=list)
+    skip_paths: list[str] = dataclasses.field(default_factory=list)
+    skip_reasons: list[str] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths) + len(self.dup_paths) + len(self.skip_paths)
+
+
+class Staging:
+    """The `<cache>.parts/` directory of a run in progress: append-only, complete files only."""
+
+    def __init__(self, cache_path: Path, spec: FeatureSpec) -> None:
+        self.dir = parts_dir(cache_path)
+        self.spec = spec
+
+    def parts(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(self.dir.glob("part-*.h5"))
+
+    def check(self) -> None:
+        """Refuse checkpoints left by a run with other settings (never mix features)."""
+        for part in self.parts():
+            with h5py.File(part, "r") as f:
+                theirs = FeatureSpec.from_dict({k: _from_attr(v) for k, v in f.attrs.items()})
+            diffs = self.spec.differences(theirs)
+            if diffs:
+                fields = ", ".join(diffs)
+                raise CacheError(
+                    f"{self.dir} holds an unfinished extraction made with other settings "
+                    f"({fields}); rerun with the same settings to finish it, or delete that "
+                    f"directory to discard it"
+                )
+
+    def done(self) -> tuple[set[str], dict[str, str]]:
+        """Paths already handled by the unfinished run, and sha256 -> path of extracted rows."""
+        done: set[str] = set()
+        extracted: dict[str, str] = {}
+        for part in self.parts():
+            with h5py.File(part, "r") as f:
+                paths = _strings(f["paths"])
+                for p, s in zip(paths, _strings(f["sha256"]), strict=True):
+                    extracted.setdefault(s, p)
+                done.update(paths)
+                done.update(_strings(f["dup_paths"]))
+                done.update(_strings(f["skip_paths"]))
+        return done, extracted
+
+    def contents(self) -> tuple[set[str], dict[str, str]]:
+        """Paths the checkpoints give features to, and the files they record as skipped."""
+        rows: set[str] = set()
+        skips: dict[str, str] = {}
+        for part in self.parts():
+            with h5py.File(part, "r") as f:
+                rows.update(_strings(f["paths"]))
+                rows.update(_strings(f["dup_paths"]))
+                skips.update(zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]),
+                                 strict=True))
+        return rows, skips
+
+    def write(self, cp: Checkpoint) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        existing = self.parts()
+        seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        path = self.dir / f"part-{seq:06d}.h5"
+        tmp, f = _atomic_h5(path)
+        with f:
+            for key, value in self.spec.to_dict().items():
+                f.attrs[key] = value
+            f.attrs["format"] = PART_FORMAT
+            feats = (
+                np.stack(cp.features)
+                if cp.features
+                else np.zeros((0, *self.spec.feature_shape), np.float32)
+            )
+            f.create_dataset("features", data=feats)
+            for name in ("paths", "sha256", "dup_paths", "dup_sha256", "skip_paths",
+                         "skip_reasons"):
+                _write_strings(f, name, getattr(cp, name))
+        _commit(tmp, path)
+        return path
+
+    def clear(self) -> None:
+        for part in self.parts():
+            part.unlink()
+        for stray in self.dir.glob(".part-*.tmp-*") if self.dir.is_dir() else []:
+            stray.unlink()
+        if self.dir.is_dir():
+            self.dir.rmdir()
+
+
+def _strings(ds: h5py.Dataset) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in ds[:]]
+
+
+@dataclasses.dataclass
+class _Row:
+    path: str
+    sha256: str
+    source: int  # index into the list of open source files
+    index: int  # row in that source's features
+
+
+def consolidate(
+    cache_path: Path,
+    staging: Staging,
+    labels: Mapping[str, int],
+    class_names: Sequence[str],
+    extra_attrs: Mapping[str, Any],
+) -> tuple[int, list[tuple[str, str]]]:
+    """Fold the previous cache and the checkpoints into a new cache file, atomically.
+
+    `labels` maps every path that belongs in the cache (the folder as scanned now) to its label;
+    rows for files no longer in the folder are dropped. Returns (rows written, skipped files).
+    """
+    sources: list[h5py.File] = []
+    rows: dict[str, _Row] = {}
+    by_sha: dict[str, _Row] = {}
+    dups: list[tuple[str, str]] = []
+    skipped: dict[str, str] = {}
+    try:
+        if cache_path.exists():
+            prev = h5py.File(cache_path, "r")
+            sources.append(prev)
+            for i, (p, s) in enumerate(
+                zip(_strings(prev["paths"]), _strings(prev["sha256"]), strict=True)
+            ):
+                rows[p] = _Row(p, s, 0, i)
+        for part in staging.parts():
+            f = h5py.File(part, "r")
+            sources.append(f)
+            src = len(sources) - 1
+            for i, (p, s) in enumerate(
+                zip(_strings(f["paths"]), _strings(f["sha256"]), strict=True)
+            ):
+                rows[p] = _Row(p, s, src, i)
+            dups.extend(zip(_strings(f["dup_paths"]), _strings(f["dup_sha256"]), strict=True))
+            skipped.update(
+                zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]), strict=True)
+            )
+        for row in rows.values():
+            by_sha.setdefault(row.sha256, row)
+        for p, s in dups:
+            if s not in by_sha:
+                raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} whose "
+                                 f"features are missing; delete that directory and rerun")
+            rows[p] = _Row(p, s, by_sha[s].source, by_sha[s].index)
+        for p in skipped:
+            rows.pop(p, None)
+
+        keep = sorted(p for p in rows if p in labels)
+        dropped = len(rows) - len(keep)
+        if dropped:
+            logger.info("dropping %d cached rows whose files are gone from the folder", dropped)
+        spec = staging.spec
+        tmp, out = _atomic_h5(cache_path)
+        with out:
+            _set_attrs(out, spec, class_names, extra_attrs)
+            n = len(keep)
+            _create_datasets(out, n, spec.feature_shape)
+            _copy_features(out["features"], [rows[p] for p in keep], sources)
+            out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
+            _write_strings(out, "paths", keep)
+            _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
+            grp = out.create_group("skipped")
+            skip_keep = sorted(p for p in skipped if p in labels)
+            _write_strings(grp, "paths", skip_keep)
+            _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
+        _commit(tmp, cache_path)
+    finally:
+        for f in sources:
+            f.close()
+    staging.clear()
+    return len(keep), [(p, skipped[p]) for p in skip_keep]
+
+
+def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:
+    step = max(1024, dest.chunks[0] if dest.chunks else 1)
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        out = np.empty((len(block), *dest.shape[1:]), dtype=np.float32)
+        by_source: dict[int, list[int]] = {}
+        for k, row in enumerate(block):
+            by_source.setdefault(row.source, []).append(k)
+        for src, ks in by_source.items():
+            idx = np.array([block[k].index for k in ks], dtype=np.int64)
+            order = np.argsort(idx, kind="stable")
+            data = _read_rows(sources[src]["features"], idx[order])
+            out[np.array(ks)[order]] = data
+        dest[start : start + len(block)] = out
+
+
+def cached_paths(cache_path: Path) -> tuple[dict[str, str], set[str]]:
+    """(path -> sha256 of rows, paths recorded as skipped) of an existing cache."""
+    with open_cache(cache_path) as cache:
+        return dict(zip(cache.paths, cache.sha256, strict=True)), {p for p, _ in cache.skipped}

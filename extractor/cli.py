@@ -1,0 +1,120 @@
+"""`extract`: turn a folder of images into a VGG16 feature cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS
+from extractor.weights import IMAGENET, WEIGHTS_ENV
+
+EPILOG = f"""\
+Layout: DIR holds one sub-folder per class (DIR/cats/*.jpg, DIR/dogs/*.jpg), classes sorted by
+name as Keras's image_dataset_from_directory does; a flat DIR with no sub-folders gives an
+unlabelled cache (label -1), for prediction.
+
+Re-running the same command resumes an interrupted run and extracts only files added since;
+rows of files removed from DIR are dropped. Files that are not usable images are recorded in the
+cache (/skipped) with the reason and listed at the end; they never stop the run.
+
+Weights: 'imagenet' (default) is the file Keras downloads into ~/.keras/models. Offline, pass
+--weights PATH to {IMAGENET!r}'s no-top file or set {WEIGHTS_ENV}.
+
+Exit status: 0 when the cache holds at least one image, 1 when it holds none or the run failed,
+2 for bad arguments, 130 when interrupted (run again to resume).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extract",
+        description="Run the VGG16 conv base over a folder of images and write the features "
+        "to an HDF5 cache.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dir", required=True, type=Path, help="folder of images (see layout below)")
+    p.add_argument("--out", type=Path, default=Path("feats.h5"),
+                   help="cache file to create or extend (default: %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help=f"'imagenet' or a path to VGG16 no-top weights (default: ${WEIGHTS_ENV} "
+                   "if set, else imagenet)")
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                   help="square input size in pixels (default: %(default)s -> 4x4x512 features)")
+    p.add_argument("--layer", choices=LAYERS, default=DEFAULT_LAYER,
+                   help="layer whose output is cached (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads decoding images ahead of the model (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=512, metavar="N",
+                   help="save progress every N files (and at least every minute) so an "
+                   "interrupted run loses little (default: %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary; errors only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("batch_size", "workers", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            build_parser().error(f"--{name.replace('_', '-')} must be at least 1; "
+                                 f"got {getattr(args, name)}")
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from extractor.cache import CacheError
+    from extractor.runner import ExtractError, Options, run
+    from extractor.weights import WeightsError
+
+    opts = Options(
+        directory=args.dir, out=args.out, weights=args.weights, image_size=args.image_size,
+        layer=args.layer, batch_size=args.batch_size, workers=args.workers,
+        checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+    )
+    try:
+        summary = run(opts)
+    except (ExtractError, WeightsError, CacheError) as exc:
+        print(f"extract: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nextract: interrupted; progress is saved, run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"extract: error: {exc} (progress so far is saved; fix the cause and run the same "
+              "command again to resume)", file=sys.stderr)
+        return 1
+
+    if not args.quiet:
+        print(format_summary(summary))
+    if summary.total == 0:
+        print(f"extract: error: no image could be cached from {args.dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_summary(s) -> str:  # type: ignore[no-untyped-def]
+    classes = ", ".join(s.class_names) if s.class_names else "none (unlabelled)"
+    lines = [
+        f"cache:      {s.out} ({s.total} images; classes: {classes})",
+        f"extracted:  {s.extracted} in {s.elapsed_s:.1f}s ({s.images_per_s:.1f} images/s)",
+        f"duplicates: {s.duplicates} (same bytes as an image already extracted; features shared)",
+        f"unchanged:  {s.already_cached} already cached; {s.removed} rows dropped "
+        "(files gone from the folder)",
+        f"skipped:    {len(s.skipped)}",
+    ]
+    for path, reason in s.skipped[:20]:
+        lines.append(f"  {path}: {reason}")
+    if len(s.skipped) > 20:
+        lines.append(f"  ... and {len(s.skipped) - 20} more (all listed in the cache's /skipped)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

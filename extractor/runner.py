@@ -1,0 +1,281 @@
+"""Drives an extraction: folder scan -> decode threads -> conv base -> checkpoints -> cache.
+
+Decoding (file read, SHA-256, image decode and resize) runs in a small thread pool a bounded
+window ahead of the model, so the model never waits on the disk and memory stays flat however
+many files there are. The model runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+import numpy as np
+from numpy.typing import NDArray
+
+from extractor import backbone as bb
+from extractor.cache import Checkpoint, Staging, cached_paths, consolidate, open_cache
+from extractor.images import ImageError, decode_image
+from extractor.spec import FeatureSpec
+from extractor.walk import Listing, scan
+from extractor.weights import resolve_weights
+
+logger = logging.getLogger(__name__)
+
+FeatureFn = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+
+
+class ExtractError(RuntimeError):
+    """The extraction cannot run as asked; the message says what to change."""
+
+
+@dataclasses.dataclass
+class Options:
+    directory: Path
+    out: Path
+    weights: str | None = None
+    image_size: int = bb.DEFAULT_IMAGE_SIZE
+    layer: str = bb.DEFAULT_LAYER
+    batch_size: int = 16
+    #: Checkpoint after this many files, or this many seconds, whichever comes first.
+    checkpoint_every: int = 512
+    checkpoint_seconds: float = 60.0
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Summary:
+    out: Path
+    total: int = 0  # rows in the cache after the run
+    extracted: int = 0  # images run through the conv base in this run
+    duplicates: int = 0  # files whose bytes matched an image already extracted
+    already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
+    removed: int = 0  # rows dropped because their files left the folder
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+    class_names: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.extracted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclasses.dataclass
+class _Loaded:
+    path: str
+    sha256: str
+    pixels: NDArray[np.uint8] | None
+    error: str | None
+
+
+def _load(root: Path, rel: str, size: int) -> _Loaded:
+    try:
+        data = (root / rel).read_bytes()
+    except OSError as exc:
+        return _Loaded(rel, "", None, f"unreadable file: {exc.strerror or exc}")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        return _Loaded(rel, sha, decode_image(data, size), None)
+    except ImageError as exc:
+        return _Loaded(rel, sha, None, str(exc))
+
+
+def _check_output(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise ExtractError(f"--out must be a file path; {out} is a folder")
+    if not parent.is_dir():
+        raise ExtractError(f"cannot write {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ExtractError(f"cannot write {out}: folder {parent} is not writable")
+
+
+def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
+    """Validate everything that can be checked before the model loads."""
+    try:
+        listing = scan(opts.directory)
+    except NotADirectoryError as exc:
+        raise ExtractError(str(exc)) from None
+    if not listing.labels:
+        raise ExtractError(f"no files found in {opts.directory}")
+    _check_output(opts.out)
+    try:
+        bb.validate(opts.layer, opts.image_size)
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
+    weights_path = resolve_weights(opts.weights)
+    spec = bb.make_spec(weights_path, opts.layer, opts.image_size)
+    if opts.out.exists():
+        with open_cache(opts.out) as cache:
+            theirs = cache.spec
+        diffs = spec.differences(theirs)
+        if diffs:
+            detail = "; ".join(f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items())
+            raise ExtractError(
+                f"{opts.out} was made with other settings ({detail}). Features made differently "
+                f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
+            )
+    Staging(opts.out, spec).check()
+    return listing, spec, weights_path
+
+
+def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
+    """Extract `opts.directory` into `opts.out`, resuming whatever a previous run left."""
+    t0 = time.perf_counter()
+    listing, spec, weights_path = plan(opts)
+    summary = Summary(out=opts.out, class_names=listing.class_names)
+    for name in listing.ignored:
+        logger.warning("ignoring %s: files beside class folders belong to no class", name)
+
+    previous: dict[str, str] = {}
+    previous_skipped: set[str] = set()
+    previous_classes: list[str] | None = None
+    if opts.out.exists():
+        previous, previous_skipped = cached_paths(opts.out)
+        with open_cache(opts.out) as cache:
+            previous_classes = cache.class_names
+    staging = Staging(opts.out, spec)
+    done, part_shas = staging.done()
+    todo = [p for p in listing.labels if p not in previous and p not in done]
+    summary.already_cached = len(listing.labels) - len(todo)
+    summary.removed = sum(1 for p in previous if p not in listing.labels)
+
+    if todo:
+        if features_fn is None:
+            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer)
+        seen = set(previous.values()) | set(part_shas)
+        _extract(opts, listing, todo, seen, staging, features_fn, summary)
+
+    staged_rows, staged_skips = staging.contents()
+    changed = (
+        bool(staged_rows)
+        or set(staged_skips) != previous_skipped
+        or summary.removed > 0
+        or previous_classes != listing.class_names
+    )
+    if changed:
+        summary.total, summary.skipped = consolidate(
+            opts.out, staging, listing.labels, listing.class_names,
+            _extra_attrs(opts, weights_path),
+        )
+    else:
+        # Nothing new: files that failed before failed again; keep the cache file as it is.
+        staging.clear()
+        with open_cache(opts.out) as cache:
+            summary.total, summary.skipped = len(cache), cache.skipped
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
+    import importlib.metadata as md
+
+    try:
+        keras_version = md.version("keras")
+    except md.PackageNotFoundError:
+        keras_version = "unknown"
+    return {
+        "weights_source": opts.weights or "default",
+        "weights_file": weights_path.name,
+        "keras_version": keras_version,
+        "source_dir": str(opts.directory.resolve()),
+    }
+
+
+def _extract(
+    opts: Options,
+    listing: Listing,
+    todo: list[str],
+    seen: set[str],
+    staging: Staging,
+    features_fn: FeatureFn,
+    summary: Summary,
+) -> None:
+    from tqdm import tqdm
+
+    cp = Checkpoint()
+    pending: list[_Loaded] = []  # decoded, waiting for a full batch
+    pending_shas: set[str] = set()
+    pending_dups: list[tuple[str, str]] = []  # duplicates of images still in `pending`
+    last_flush = time.monotonic()
+    window = max(opts.batch_size * 4, opts.workers * 4)
+
+    def run_batch() -> None:
+        if not pending:
+            return
+        pixels = np.stack([item.pixels for item in pending if item.pixels is not None])
+        feats = features_fn(pixels)
+        for item, row in zip(pending, feats, strict=True):
+            cp.paths.append(item.path)
+            cp.sha256.append(item.sha256)
+            cp.features.append(row)
+        summary.extracted += len(pending)
+        for path, sha in pending_dups:
+            cp.dup_paths.append(path)
+            cp.dup_sha256.append(sha)
+        pending.clear()
+        pending_shas.clear()
+        pending_dups.clear()
+
+    def flush() -> None:
+        nonlocal cp, last_flush
+        if len(cp):
+            staging.write(cp)
+        cp = Checkpoint()
+        last_flush = time.monotonic()
+
+    bar = tqdm(total=len(todo), unit="img", disable=not opts.progress, smoothing=0.1,
+               dynamic_ncols=True)
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="decode")
+    queue: collections.deque[cf.Future[_Loaded]] = collections.deque()
+    files = iter(todo)
+    try:
+        for rel in files:
+            queue.append(pool.submit(_load, listing.root, rel, opts.image_size))
+            if len(queue) >= window:
+                break
+        while queue:
+            item = queue.popleft().result()
+            nxt = next(files, None)
+            if nxt is not None:
+                queue.append(pool.submit(_load, listing.root, nxt, opts.image_size))
+            if item.error is not None:
+                cp.skip_paths.append(item.path)
+                cp.skip_reasons.append(item.error)
+            elif item.sha256 in pending_shas:
+                pending_dups.append((item.path, item.sha256))
+                summary.duplicates += 1
+            elif item.sha256 in seen:
+                cp.dup_paths.append(item.path)
+                cp.dup_sha256.append(item.sha256)
+                summary.duplicates += 1
+            else:
+                pending.append(item)
+                pending_shas.add(item.sha256)
+                seen.add(item.sha256)
+                if len(pending) >= opts.batch_size:
+                    run_batch()
+            bar.update(1)
+            if not pending and (
+                len(cp) >= opts.checkpoint_every
+                or time.monotonic() - last_flush >= opts.checkpoint_seconds
+            ):
+                flush()
+        run_batch()
+        flush()
+    except KeyboardInterrupt:
+        # Keep what is complete; images still waiting for their batch are redone next time.
+        flush()
+        raise
+    finally:
+        bar.close()
+        for fut in queue:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,104 @@
+"""Where the VGG16 conv-base weights come from, and their identity (a hash of the file).
+
+`imagenet` means the file Keras itself downloads into its cache directory
+(`$KERAS_HOME/models`, default `~/.keras/models`). Offline, supply the same file by path: the
+`--weights` flag, or the `FEATCACHE_WEIGHTS` environment variable, or by copying it into the
+Keras cache directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "FEATCACHE_WEIGHTS"
+IMAGENET = "imagenet"
+NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + NOTOP_FILE
+# Keras's own checksum for this file (keras/src/applications/vgg16.py).
+NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+class WeightsError(RuntimeError):
+    """The weights cannot be found or fetched; the message says how to supply them."""
+
+
+def keras_cache_dir() -> Path:
+    """The directory Keras caches downloads in (`KERAS_HOME`, else `~/.keras`)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+
+
+def default_weights() -> str:
+    """`$FEATCACHE_WEIGHTS` when set, else `imagenet`."""
+    return os.environ.get(WEIGHTS_ENV) or IMAGENET
+
+
+def resolve_weights(weights: str | os.PathLike[str] | None = None) -> Path:
+    """Return a local path to the conv-base weights, downloading `imagenet` if needed."""
+    name = os.fspath(weights) if weights is not None else default_weights()
+    if name != IMAGENET:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"weights file not found: {path}. Pass --weights imagenet or the path of a "
+                f"Keras VGG16 no-top weights file ({NOTOP_FILE})."
+            )
+        return path
+    cached = keras_cache_dir() / "models" / NOTOP_FILE
+    if cached.is_file():
+        return cached
+    return _download_imagenet()
+
+
+def _download_imagenet() -> Path:
+    host = NOTOP_URL.split("/")[2]
+    try:
+        socket.create_connection((host, 443), timeout=10).close()
+    except OSError as exc:
+        raise WeightsError(
+            f"the ImageNet VGG16 weights are not in the Keras cache and {host} cannot be "
+            f"reached ({exc}). Offline, supply the file {NOTOP_FILE}: pass "
+            f"--weights /path/to/{NOTOP_FILE}, or set {WEIGHTS_ENV}=/path/to/it, or copy it to "
+            f"{keras_cache_dir() / 'models' / NOTOP_FILE}."
+        ) from None
+
+    import keras
+
+    logger.info("downloading the ImageNet VGG16 weights from %s", NOTOP_URL)
+    previous = socket.getdefaulttimeout()
+    # keras.utils.get_file has no timeout of its own: a stalled download must fail, not hang.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        path = keras.utils.get_file(
+            NOTOP_FILE, NOTOP_URL, cache_subdir="models", file_hash=NOTOP_MD5
+        )
+    except Exception as exc:
+        raise WeightsError(
+            f"downloading the ImageNet VGG16 weights failed ({exc}); pass --weights PATH or set "
+            f"{WEIGHTS_ENV} to use a local copy"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    return Path(path)
+
+
+@functools.cache
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of the weights file: the identity recorded in caches and heads."""
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real VGG16 weights and images from ../shared, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FEATCACHE_SHARED", REPO.parent / "shared"))
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        # Fail, never skip: these tests are the point, and CI always has ../shared.
+        pytest.fail(f"{what} not found at {path}; set FEATCACHE_SHARED to the shared/ folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights_path() -> Path:
+    return _require(SHARED / "assets" / "vgg16_notop.h5", "the VGG16 no-top weights")
+
+
+@pytest.fixture(scope="session")
+def elpv_dir() -> Path:
+    return _require(SHARED / "data" / "elpv", "the ELPV image set")
+
+
+@pytest.fixture(scope="session")
+def conv_base(weights_path: Path):
+    """The real conv base, built once (TensorFlow start-up and weight loading take seconds)."""
+    from extractor.backbone import ConvBase
+
+    return ConvBase(weights_path)
+
+
+@pytest.fixture(scope="session")
+def small_image_dir(elpv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real images per class from the ELPV training split, in the image-folder layout."""
+    root = tmp_path_factory.mktemp("images")
+    for cls in ("defective", "functional"):
+        (root / cls).mkdir()
+        for src in sorted((elpv_dir / "train" / cls).iterdir())[:12]:
+            shutil.copy(src, root / cls / src.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_image_dir: Path, conv_base, tmp_path_factory: pytest.TempPathFactory):
+    """A real feature cache of `small_image_dir`, made with the real weights."""
+    from extractor.runner import Options, run
+
+    out = tmp_path_factory.mktemp("cache") / "small.h5"
+    run(Options(directory=small_image_dir, out=out, weights=str(conv_base.weights_path),
+                progress=False), features_fn=conv_base)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch, weights_path: Path) -> None:
+    """Tests see the shared weights as the default and never the developer's own settings."""
+    for key in list(os.environ):
+        if key.startswith(("FEATCACHE_", "SERVE_")) and key != "FEATCACHE_SHARED":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("FEATCACHE_WEIGHTS", str(weights_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
