@@ -37,7 +37,9 @@ def validate(layer: str, image_size: int) -> None:
         raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE}; got {image_size}")
 
 
-def make_spec(weights_path: Path, layer: str, image_size: int, runtime: str = "keras") -> FeatureSpec:
+def make_spec(
+    weights_path: Path, layer: str, image_size: int, runtime: str = "keras"
+) -> FeatureSpec:
     """The spec of features this base would make; cheap (hashes the weights, loads no model)."""
     validate(layer, image_size)
     return FeatureSpec(

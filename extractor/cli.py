@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS
+from extractor.runner import Summary
 from extractor.weights import IMAGENET, WEIGHTS_ENV
 
 EPILOG = f"""\
@@ -99,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def format_summary(s) -> str:  # type: ignore[no-untyped-def]
+def format_summary(s: Summary) -> str:
     classes = ", ".join(s.class_names) if s.class_names else "none (unlabelled)"
     lines = [
         f"cache:      {s.out} ({s.total} images; classes: {classes})",
-        f"extracted:  {s.extracted} in {s.elapsed_s:.1f}s ({s.images_per_s:.1f} images/s)",
+        f"extracted:  {s.extracted} images at {s.images_per_s:.1f} images/s "
+        f"({s.elapsed_s:.1f}s in all, model loading included)",
         f"duplicates: {s.duplicates} (same bytes as an image already extracted; features shared)",
         f"unchanged:  {s.already_cached} already cached; {s.removed} rows dropped "
         "(files gone from the folder)",

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -59,12 +60,14 @@ class Summary:
     already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
     removed: int = 0  # rows dropped because their files left the folder
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # whole run, model loading included
+    extract_s: float = 0.0  # the decode + forward-pass loop alone
     class_names: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
-        return self.extracted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Throughput of the extraction loop (decode and forward pass; not model loading)."""
+        return self.extracted / self.extract_s if self.extract_s > 0 else 0.0
 
 
 @dataclasses.dataclass
@@ -117,7 +120,9 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
             theirs = cache.spec
         diffs = spec.differences(theirs)
         if diffs:
-            detail = "; ".join(f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items())
+            detail = "; ".join(
+                f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items()
+            )
             raise ExtractError(
                 f"{opts.out} was made with other settings ({detail}). Features made differently "
                 f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
@@ -151,7 +156,11 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
         if features_fn is None:
             features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer)
         seen = set(previous.values()) | set(part_shas)
-        _extract(opts, listing, todo, seen, staging, features_fn, summary)
+        t_loop = time.perf_counter()
+        try:
+            _extract(opts, listing, todo, seen, staging, features_fn, summary)
+        finally:
+            summary.extract_s = time.perf_counter() - t_loop
 
     staged_rows, staged_skips = staging.contents()
     changed = (
