@@ -1,0 +1,48 @@
+"""With the real ImageNet weights: features equal what plain Keras gives on the same pixels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extractor import open_cache
+from extractor.images import decode_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_features_equal_plain_keras(small_cache: Path, small_image_dir: Path,
+                                    weights_path: Path) -> None:
+    import keras
+    from keras.applications.vgg16 import preprocess_input
+
+    with open_cache(small_cache) as cache:
+        paths = cache.paths[:6] + cache.paths[-6:]
+        index = [cache.paths.index(p) for p in paths]
+        ours = cache.read(index)[0]
+        assert cache.spec.weights_sha256 == (
+            "6fe129e06c6c156e34f33b31ada2599e4e1758422614e824875a3c67180bd16b"
+        )
+    pixels = np.stack([decode_image((small_image_dir / p).read_bytes(), 150) for p in paths])
+
+    model = keras.applications.VGG16(weights=str(weights_path), include_top=False,
+                                     input_shape=(150, 150, 3))
+    reference = model.predict(preprocess_input(pixels.astype(np.float32)), verbose=0)
+    assert ours.shape == reference.shape == (12, 4, 4, 512)
+    assert float(reference.max()) > 10  # real activations, not zeros
+    assert float(np.abs(ours - reference).max()) <= 1e-3
+
+
+def test_block4_pool_tap(conv_base, weights_path: Path, small_image_dir: Path) -> None:
+    from extractor.backbone import ConvBase
+
+    tap = ConvBase(weights_path, layer="block4_pool")
+    first = sorted(small_image_dir.glob("*/*.png"))[0]
+    pixels = decode_image(first.read_bytes(), 150)[None]
+    assert tap(pixels).shape == (1, 9, 9, 512)
+    assert tap.spec.feature_shape == (9, 9, 512)
+    assert tap.spec.differences(conv_base.spec) == {
+        "layer": ("block4_pool", "block5_pool")
+    }

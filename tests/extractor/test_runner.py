@@ -1,0 +1,259 @@
+"""The extraction pipeline and the cache it writes, with a fast stand-in for the conv base.
+
+The stand-in makes features from the pixels themselves, so every row is checkable; the real
+conv base is exercised in test_features.py and test_resume.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from imagegen import gradient, write_bad_files
+from PIL import Image
+
+from extractor import open_cache
+from extractor.cache import CacheError, parts_dir
+from extractor.cli import main as extract_main
+from extractor.runner import ExtractError, Options, run
+
+SIZE = 64  # block5_pool of a 64x64 input is 2x2x512
+
+
+def fake_features(pixels: np.ndarray) -> np.ndarray:
+    """Deterministic per-image features (2, 2, 512) derived from the pixels."""
+    n = pixels.shape[0]
+    means = pixels.reshape(n, -1).astype(np.float32).mean(axis=1)
+    base = np.arange(2 * 2 * 512, dtype=np.float32).reshape(1, 2, 2, 512) / 1000.0
+    return base + means[:, None, None, None]
+
+
+class CountingFeatures:
+    def __init__(self) -> None:
+        self.images = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.images += len(pixels)
+        return fake_features(pixels)
+
+
+def make_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = gradient(80, 60, seed=100 * c + i)
+            Image.fromarray(arr).save(root / cls / f"{cls}{i:03d}.png")
+    return root
+
+
+def opts(directory: Path, out: Path, **kw: object) -> Options:
+    return Options(directory=directory, out=out, image_size=SIZE, progress=False,
+                   **kw)  # type: ignore[arg-type]
+
+
+def test_cache_layout_reads_with_plain_h5py(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs")
+    out = tmp_path / "feats.h5"
+    summary = run(opts(folder, out, batch_size=3), features_fn=fake_features)
+    assert summary.total == 10 and summary.extracted == 10
+
+    # Exactly as docs/CACHE.md shows it: no featcache import needed.
+    with h5py.File(out, "r") as f:
+        features = f["features"][:]
+        labels = f["labels"][:]
+        paths = f["paths"].asstr()[:]
+        class_names = list(f.attrs["class_names"])
+        assert features.shape == (10, 2, 2, 512) and features.dtype == np.float32
+        assert class_names == ["cat", "dog"]
+        assert list(labels) == [0] * 5 + [1] * 5
+        assert list(paths) == sorted(paths) and paths[0] == "cat/cat000.png"
+        assert len(f["sha256"].asstr()[0]) == 64
+        assert f["features"].compression == "gzip" and f["features"].shuffle
+        for attr in ("backbone", "weights_sha256", "layer", "input_size", "preprocessing",
+                     "package_version", "runtime"):
+            assert attr in f.attrs
+        assert f.attrs["input_size"] == SIZE and f.attrs["layer"] == "block5_pool"
+    for i, p in enumerate(paths):
+        pixels = np.asarray(Image.open(folder / p).convert("RGB").resize((SIZE, SIZE)))
+        assert features[i, 0, 0, 0] == pytest.approx(pixels.mean(), abs=0.5)
+
+
+def test_reader_iterates_in_chunks(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=7)
+    out = tmp_path / "feats.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    with open_cache(out) as cache:
+        x_all, y_all = cache.read()
+        batches = list(cache.iter_batches(batch_size=4))
+        assert [len(b[0]) for b in batches] == [4, 4, 4, 2]
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x_all)
+        idx = [9, 2, 5]
+        x_sel, y_sel = cache.read(idx)
+        np.testing.assert_array_equal(x_sel, x_all[idx])
+        np.testing.assert_array_equal(y_sel, y_all[idx])
+        assert cache.spec.feature_shape == (2, 2, 512)
+
+
+def test_bad_files_are_skipped_and_recorded(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    expected = write_bad_files(folder / "cat")
+    out = tmp_path / "feats.h5"
+    summary = run(opts(folder, out), features_fn=fake_features)
+    assert summary.total == 4
+    reasons = dict(summary.skipped)
+    assert set(reasons) == {f"cat/{name}" for name in expected}
+    for name, fragment in expected.items():
+        assert fragment in reasons[f"cat/{name}"], (name, reasons[f"cat/{name}"])
+    with open_cache(out) as cache:
+        assert dict(cache.skipped) == reasons
+        assert not any(p.startswith("cat/zero") for p in cache.paths)
+
+
+def test_identical_files_go_through_the_model_once(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    shutil.copy(folder / "cat" / "cat000.png", folder / "dog" / "copy-of-cat.png")
+    shutil.copy(folder / "cat" / "cat001.png", folder / "cat" / "again.png")
+    counter = CountingFeatures()
+    summary = run(opts(folder, tmp_path / "f.h5", batch_size=2), features_fn=counter)
+    assert counter.images == 6 and summary.duplicates == 2 and summary.total == 8
+    with open_cache(tmp_path / "f.h5") as cache:
+        x, y = cache.read()
+        paths = cache.paths
+    a, b = paths.index("cat/cat000.png"), paths.index("dog/copy-of-cat.png")
+    np.testing.assert_array_equal(x[a], x[b])
+    assert (y[a], y[b]) == (0, 1)  # same bytes, each keeps its own label
+
+
+def test_rerun_extracts_only_new_files_and_drops_removed(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    before = out.stat().st_mtime_ns
+
+    counter = CountingFeatures()
+    summary = run(opts(folder, out), features_fn=counter)
+    assert counter.images == 0 and summary.already_cached == 6
+    assert out.stat().st_mtime_ns == before  # nothing new: the file is left alone
+
+    Image.fromarray(gradient(80, 60, seed=999)).save(folder / "dog" / "new.png")
+    (folder / "cat" / "cat002.png").unlink()
+    counter = CountingFeatures()
+    summary = run(opts(folder, out), features_fn=counter)
+    assert counter.images == 1 and summary.removed == 1 and summary.total == 6
+    with open_cache(out) as cache:
+        assert "dog/new.png" in cache.paths and "cat/cat002.png" not in cache.paths
+        assert len(set(cache.paths)) == len(cache)
+
+
+def test_new_class_folder_relabels_consistently(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2, classes=("b_cls", "c_cls"))
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    make_folder(folder, per_class=2, classes=("a_cls",))
+    run(opts(folder, out), features_fn=fake_features)
+    with open_cache(out) as cache:
+        assert cache.class_names == ["a_cls", "b_cls", "c_cls"]
+        for path, label in zip(cache.paths, cache.labels, strict=True):
+            assert cache.class_names[label] == path.split("/")[0]
+
+
+def test_flat_folder_gives_unlabelled_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(gradient(50, 50, seed=i)).save(folder / f"{i}.png")
+    run(opts(folder, tmp_path / "f.h5"), features_fn=fake_features)
+    with open_cache(tmp_path / "f.h5") as cache:
+        assert cache.class_names == [] and list(cache.labels) == [-1, -1, -1]
+
+
+def test_checkpoints_are_folded_in_and_removed(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=5)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, batch_size=2, checkpoint_every=2), features_fn=fake_features)
+    assert not parts_dir(out).exists()
+    with open_cache(out) as cache:
+        assert len(cache) == 10
+
+
+def test_interrupted_run_resumes_from_checkpoints(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=6)
+    out = tmp_path / "f.h5"
+
+    calls = 0
+
+    def dies_on_third_batch(pixels: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return fake_features(pixels)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(opts(folder, out, batch_size=2, checkpoint_every=2), features_fn=dies_on_third_batch)
+    assert not out.exists() and parts_dir(out).is_dir()
+
+    counter = CountingFeatures()
+    run(opts(folder, out, batch_size=2), features_fn=counter)
+    assert counter.images == 12 - 4  # the two completed batches are not redone
+    run(opts(folder, tmp_path / "ref.h5"), features_fn=fake_features)
+    with open_cache(out) as got, open_cache(tmp_path / "ref.h5") as ref:
+        assert got.paths == ref.paths
+        np.testing.assert_array_equal(got.read()[0], ref.read()[0])
+        np.testing.assert_array_equal(got.labels, ref.labels)
+
+
+def test_settings_differing_from_existing_cache_are_refused(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    with pytest.raises(ExtractError, match="input_size"):
+        run(Options(directory=folder, out=out, image_size=96, progress=False),
+            features_fn=fake_features)
+    other_weights = tmp_path / "other.h5"
+    other_weights.write_bytes(b"not the same weights")
+    with pytest.raises(ExtractError, match="weights_sha256"):
+        run(opts(folder, out, weights=str(other_weights)), features_fn=fake_features)
+
+
+def test_not_a_cache_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_text("hello")
+    with pytest.raises(CacheError, match="not a readable HDF5"):
+        open_cache(bogus)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(CacheError, match="not a feature cache"):
+        open_cache(tmp_path / "other.h5")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dir", "{tmp}/missing"], "is not a folder"),
+        (["--dir", "{imgs}", "--out", "{tmp}/no/such/dir/f.h5"], "does not exist"),
+        (["--dir", "{imgs}", "--weights", "{tmp}/nope.h5"], "weights file not found"),
+        (["--dir", "{empty}"], "no files found"),
+        (["--dir", "{bad}", "--out", "{tmp}/bad.h5"], "no image could be cached"),
+    ],
+)
+def test_cli_errors_exit_nonzero_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    imgs = make_folder(tmp_path / "imgs", per_class=1)
+    (tmp_path / "empty").mkdir()
+    write_bad_files(tmp_path / "bad")
+    fmt = {"tmp": tmp_path, "imgs": imgs, "empty": tmp_path / "empty", "bad": tmp_path / "bad"}
+    argv = [a.format(**fmt) for a in args] + ["--quiet", "--image-size", str(SIZE)]
+    assert extract_main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        extract_main(["--dir", ".", "--batch-size", "0"])
+    assert exc.value.code == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
