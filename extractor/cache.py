@@ -2,7 +2,7 @@
 
 Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
 
-    /features         (N, H, W, C) float32, chunked, gzip + shuffle
+    /features         (N, H, W, C) float32, chunked (~1 MiB), gzip level 1
     /labels           (N,) int32, index into attribute class_names, -1 when unlabelled
     /paths            (N,) UTF-8 strings, relative to the extracted folder, sorted
     /sha256           (N,) hex SHA-256 of each file's bytes
@@ -39,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "featcache/1"
 PART_FORMAT = "featcache-part/1"
-#: gzip is the one compression filter every HDF5 build has (lzf is h5py-only); the shuffle
-#: filter groups the bytes of the mostly-zero post-ReLU floats. Level 1: see README, "Cache size".
+#: gzip is the one compression filter every HDF5 build has (lzf is h5py-only). Level 1 without
+#: the shuffle filter measured best on real features (93% zeros after ReLU and max-pooling):
+#: 8.3x smaller, and faster to write and read than higher levels or shuffle. README, "Cache size".
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1
 CHUNK_BYTES = 1 << 20
@@ -202,7 +203,6 @@ def _create_datasets(f: h5py.File, n: int, feature_shape: Sequence[int]) -> None
         chunks=(max(1, min(n, _chunk_rows(feature_shape))), *feature_shape) if n else None,
         compression=COMPRESSION if n else None,
         compression_opts=COMPRESSION_LEVEL if n else None,
-        shuffle=bool(n),
     )
 
 
