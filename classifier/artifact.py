@@ -1,0 +1,216 @@
+"""The head artifact: one directory holding everything needed to serve a trained head.
+
+    heads/NAME/
+        metadata.json          format, kind, params, classes, spec, metrics, data sizes,
+                               versions, created, model file name and its SHA-256
+        model.keras            dense heads (Keras format, loaded with safe_mode=True)
+        model.skops            scikit-learn heads (skops, loaded with an explicit type allowlist)
+        confusion_matrix.png   on the validation set
+        training_curves.png    dense heads: accuracy and loss per epoch, training vs validation
+
+Loading never runs code from the artifact: skops refuses any type outside the allowlist before
+instantiating anything, the loaded pipeline must have exactly the expected structure, and Keras's
+safe mode refuses Lambda layers. The model file's SHA-256 is checked against the metadata first,
+so a damaged or edited file is reported as such.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from classifier import plots
+from classifier.errors import ArtifactError
+from classifier.heads import Head
+from extractor import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "featcache-head/1"
+METADATA = "metadata.json"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+
+
+def _head_classes() -> dict[str, type[Head]]:
+    from classifier.registry import HEADS
+
+    return HEADS
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("featcache", "numpy", "scikit-learn", "skops", "keras", "tensorflow-cpu",
+                 "tensorflow", "h5py"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def save_head(
+    head: Head,
+    out_dir: str | os.PathLike[str],
+    *,
+    spec: FeatureSpec,
+    class_names: Sequence[str],
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a fitted head as an artifact directory; return its path.
+
+    `class_names` are the cache's class names (indexed by the labels the head was trained on);
+    `metrics` maps a set name ("train", "validation") to `classification_metrics` output;
+    `extra` adds keys to the metadata (data sizes, timings). The directory is built under a
+    temporary name and renamed into place, so a crash never leaves half an artifact.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise ArtifactError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    classes = [int(c) for c in head.classes_]
+    names = [class_names[c] for c in classes]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model_path = head.save_model(tmp)
+        files = [model_path.name]
+        metrics = dict(metrics or {})
+        if head.history_:
+            plots.training_curves(head.history_, tmp / CURVES_PNG)
+            files.append(CURVES_PNG)
+        for which in ("validation", "train"):
+            if which in metrics and "confusion_matrix" in metrics[which]:
+                title = f"{head.kind} head, {which} set"
+                plots.confusion_matrix(metrics[which]["confusion_matrix"], names,
+                                       tmp / CONFUSION_PNG, title)
+                files.append(CONFUSION_PNG)
+                break
+        metadata: dict[str, Any] = {
+            "format": FORMAT,
+            "name": out.name,
+            "kind": head.kind,
+            "params": head.get_params(),
+            "classes": names,
+            "class_indices": classes,
+            "spec": spec.to_dict(),
+            "metrics": metrics,
+            "history": head.history_,
+            "model_file": model_path.name,
+            "model_sha256": _sha256(model_path),
+            "files": files,
+            "versions": library_versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **dict(extra or {}),
+        }
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved %s head to %s", head.kind, out)
+    return out
+
+
+class LoadedHead:
+    """A head ready to serve: `predict_proba(maps)` with columns in `classes_` order."""
+
+    def __init__(self, path: Path, head: Head, metadata: dict[str, Any]) -> None:
+        self.path = path
+        self.name: str = path.name
+        self.head = head
+        self.metadata = metadata
+        self.kind: str = metadata["kind"]
+        self.classes_: list[str] = list(metadata["classes"])
+        self.spec: FeatureSpec = FeatureSpec.from_dict(metadata["spec"])
+
+    def predict_proba(self, features: Any) -> NDArray[np.float64]:
+        x = np.asarray(features, dtype=np.float32)
+        if x.shape[1:] != tuple(self.spec.feature_shape):
+            raise ValueError(
+                f"features must have shape (N, {', '.join(map(str, self.spec.feature_shape))}) "
+                f"for head {self.name!r}; got shape {x.shape}"
+            )
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes_)), np.float64)
+        return self.head.predict_proba(x)
+
+    def __repr__(self) -> str:
+        return f"LoadedHead(name={self.name!r}, kind={self.kind!r}, classes={self.classes_!r})"
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    directory = Path(path)
+    meta_path = directory / METADATA
+    if not directory.is_dir():
+        raise ArtifactError(f"no head artifact at {directory} (not a directory)")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{directory} is not a head artifact (no {METADATA})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is not readable JSON ({exc})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ArtifactError(f"{meta_path} is not head metadata (format != {FORMAT!r})")
+    return metadata
+
+
+def load_head(path: str | os.PathLike[str]) -> LoadedHead:
+    """Load an artifact written by `save_head`; raises `ArtifactError` (a ValueError) if unsafe."""
+    directory = Path(path)
+    metadata = read_metadata(directory)
+    try:
+        kind = metadata["kind"]
+        cls = _head_classes()[kind]
+        model_file = metadata["model_file"]
+        classes = [int(c) for c in metadata["class_indices"]]
+        names = list(metadata["classes"])
+        FeatureSpec.from_dict(metadata["spec"])
+        params = dict(metadata["params"])
+        expected_sha = metadata["model_sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{directory / METADATA} is incomplete or invalid ({exc!r})") from None
+    if model_file != cls.model_file or len(names) != len(classes) or len(names) < 2:
+        raise ArtifactError(f"{directory / METADATA} is inconsistent (model_file={model_file!r}, "
+                            f"classes={names!r})")
+    model_path = directory / model_file
+    if not model_path.is_file():
+        raise ArtifactError(f"{directory} is missing its model file {model_file}")
+    if _sha256(model_path) != expected_sha:
+        raise ArtifactError(
+            f"{model_path} does not match the SHA-256 in its metadata: the file was damaged or "
+            "modified after training; refusing to load it"
+        )
+    try:
+        head = cls.load_model(directory, params, classes)
+    except ArtifactError:
+        raise
+    except TypeError as exc:  # unknown or missing params
+        raise ArtifactError(f"{directory / METADATA} has invalid params ({exc})") from None
+    return LoadedHead(directory, head, metadata)

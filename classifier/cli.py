@@ -1,0 +1,193 @@
+"""`train-head` and `evaluate`: the classifier's command lines.
+
+Heavy imports (TensorFlow, scikit-learn) happen inside the command bodies so `--help` is instant.
+Bad input exits 1 with one line on stderr; bad arguments exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TRAIN_EPILOG = """\
+Heads (all take the cache's 4x4x512 maps; pooling turns a map into a vector):
+  logreg  (default) logistic regression in a Pipeline with a StandardScaler; defaults
+          --pooling avgmax --C 0.03: the best measured on ELPV (see BENCHMARKS.md)
+  svm     RBF support-vector machine with a StandardScaler, Platt-scaled probabilities;
+          defaults --pooling avgmax --C 10
+  dense   the recipe's Keras head: pooling -> Dense(256, relu) -> Dropout(0.5) -> sigmoid
+          (2 classes) / softmax; RMSprop; defaults --pooling flatten --learning-rate 1e-4,
+          early stopping on validation loss (patience 20) restoring the best weights
+
+Validation: --val-cache (same feature spec and class names as --cache, else refused) or a
+stratified, seeded hold-out of --val-split of the training cache.
+
+The artifact directory (--out) holds the model (model.keras or model.skops), metadata.json
+(classes, feature spec, params, metrics, versions), confusion_matrix.png and, for dense heads,
+training_curves.png. Exit status: 0 on success, 1 for unusable input, 2 for bad arguments.
+"""
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0; got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {text}")
+    return value
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train-head",
+        description="Train a classifier head on a feature cache, evaluate it on validation "
+        "data and save it as an artifact directory the service can load.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--cache", required=True, type=Path, help="labelled training cache (.h5)")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-cache", type=Path, default=None, help="labelled validation cache")
+    val.add_argument("--val-split", type=float, default=0.2,
+                     help="fraction held out for validation when no --val-cache "
+                     "(default: %(default)s)")
+    p.add_argument("--head", choices=("logreg", "svm", "dense"), default="logreg",
+                   help="head kind (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="artifact directory to create (default: heads/<head>)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the split, initialisation and shuffling (default: %(default)s)")
+    p.add_argument("--pooling", choices=("flatten", "avg", "max", "avgmax"), default=None,
+                   help="map -> vector: flatten, global average, global max, or both pooled "
+                   "(default: avgmax for logreg/svm, flatten for dense)")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
+                   help="weight classes inversely to their frequency (default: %(default)s)")
+    g = p.add_argument_group("logreg and svm")
+    g.add_argument("--C", type=_positive_float, default=None,
+                   help="inverse regularisation strength (default: 0.03 logreg, 10 svm)")
+    g.add_argument("--scaling", choices=("standard", "sqrt", "l2"), default="standard",
+                   help="standard: StandardScaler; sqrt: square root, then StandardScaler; "
+                   "l2: unit-norm rows (default: %(default)s)")
+    g.add_argument("--kernel", choices=("rbf", "linear"), default="rbf",
+                   help="svm kernel (default: %(default)s)")
+    d = p.add_argument_group("dense")
+    d.add_argument("--learning-rate", type=_positive_float, default=1e-4,
+                   help="RMSprop learning rate (default: %(default)s)")
+    d.add_argument("--epochs", type=_positive_int, default=200,
+                   help="most epochs; early stopping usually ends sooner (default: %(default)s)")
+    d.add_argument("--patience", type=int, default=20,
+                   help="epochs without a better validation loss before stopping "
+                   "(default: %(default)s)")
+    d.add_argument("--batch-size", type=_positive_int, default=20,
+                   help="batch size (default: %(default)s)")
+    d.add_argument("--units", type=_positive_int, default=256,
+                   help="hidden units (default: %(default)s)")
+    d.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default: %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    return p
+
+
+def _head_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"class_weight": args.class_weight}
+    if args.pooling is not None:
+        params["pooling"] = args.pooling
+    if args.head in ("logreg", "svm"):
+        params["scaling"] = args.scaling
+        if args.C is not None:
+            params["C"] = args.C
+        if args.head == "svm":
+            params["kernel"] = args.kernel
+    else:
+        params.update(learning_rate=args.learning_rate, epochs=args.epochs,
+                      patience=args.patience, batch_size=args.batch_size, units=args.units,
+                      dropout=args.dropout)
+    return params
+
+
+def _setup(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if args.val_cache is None and not 0 < args.val_split < 1:
+        parser.error(f"--val-split must be between 0 and 1 (exclusive); got {args.val_split}")
+    _setup(args.quiet)
+    for noisy in ("h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from classifier.artifact import read_metadata
+    from classifier.training import train
+
+    out = args.out or Path("heads") / args.head
+    try:
+        path = train(args.cache, out, head=args.head, val_cache=args.val_cache,
+                     val_split=args.val_split, seed=args.seed, params=_head_params(args),
+                     overwrite=args.force)
+    except (ValueError, RuntimeError, OSError) as exc:  # DataError, SpecMismatchError, CacheError
+        print(f"train-head: error: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        meta = read_metadata(path)
+        val = meta["metrics"]["validation"]
+        print(f"head:       {path} ({meta['kind']}, classes: {', '.join(meta['classes'])})")
+        print(f"train:      {meta['data']['train_size']} rows, accuracy "
+              f"{meta['metrics']['train']['accuracy']:.4f}, {meta['train_seconds']:.1f}s")
+        print(f"validation: {meta['data']['validation_size']} rows, accuracy "
+              f"{val['accuracy']:.4f}")
+    return 0
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evaluate",
+        description="Evaluate a trained head on a labelled feature cache: accuracy, per-class "
+        "precision / recall / F1, ROC AUC (two classes) and the confusion matrix.",
+        epilog="The cache must have been extracted the same way as the head's training cache "
+        "(weights, input size, layer, preprocessing) and hold only classes the head knows. "
+        "Exit status: 0 on success, 1 for unusable input, 2 for bad arguments.",
+    )
+    p.add_argument("--head", required=True, type=Path, help="artifact directory (train-head --out)")
+    p.add_argument("--cache", required=True, type=Path, help="labelled cache to evaluate on")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (accuracy, per_class, roc_auc, confusion_matrix, ...) "
+                   "instead of a table")
+    return p
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    args = build_evaluate_parser().parse_args(argv)
+    _setup(quiet=True)
+
+    from classifier.evaluation import evaluate
+    from classifier.metrics import format_table
+
+    try:
+        result = evaluate(args.head, args.cache)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"head {result['head']} on {result['cache']}")
+        print(format_table(result, result["classes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

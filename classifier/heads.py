@@ -1,0 +1,320 @@
+"""Every head behind one small interface: `fit(X, y)`, `predict_proba(X)`, `classes_`.
+
+X is always what the cache holds, (N, H, W, C) feature maps; a head owns its own reduction of the
+map to a vector (pooling, scaling), so the evaluator and the service never branch on the head's
+kind. Labels are the cache's integer class indices; `classes_` lists those seen in training, in
+the order of `predict_proba`'s columns.
+
+The scikit-learn heads keep the whole (pooled) training set in memory: their solvers need it.
+They also accept rows already reduced by `reduce` (2-D), which is how the trainer feeds them a
+cache read in chunks without ever holding the full maps.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+from classifier.errors import ArtifactError
+from classifier.pooling import check_pooling, pool
+
+logger = logging.getLogger(__name__)
+
+SCALINGS = ("standard", "sqrt", "l2")
+CLASS_WEIGHTS = ("balanced", "none")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {name}={value!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0; got {name}={value!r}")
+
+
+def as_labels(y: Any, n: int) -> NDArray[np.int64]:
+    labels = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(labels) != n:
+        raise ValueError(f"X and y must have the same number of rows; got {n} and {len(labels)}")
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"y must hold at least 2 classes; got {np.unique(labels).tolist()}")
+    return labels
+
+
+class Head(abc.ABC):
+    """A trainable classifier on cached feature maps."""
+
+    kind: ClassVar[str]
+    #: File name of the saved model inside an artifact directory.
+    model_file: ClassVar[str]
+    classes_: NDArray[np.int64]
+    #: Per-epoch metrics for heads trained by epochs (dense); None for the others.
+    history_: dict[str, list[float]] | None = None
+
+    @abc.abstractmethod
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable): `type(self)(**get_params())` is a twin."""
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        validation_data: tuple[Any, Any] | None = None,
+    ) -> Self:
+        """Train on X (N, H, W, C) with integer labels y; validation data may steer training."""
+
+    @abc.abstractmethod
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        """(N, len(classes_)) probabilities, each row summing to 1."""
+
+    def predict(self, X: Any) -> NDArray[np.int64]:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def reduce(self, X: Any) -> NDArray[np.float32]:
+        """The head's own reduction of maps, applied chunk by chunk before `fit` (identity here)."""
+        return np.asarray(X, dtype=np.float32)
+
+    @abc.abstractmethod
+    def save_model(self, directory: Path) -> Path:
+        """Write the fitted model into `directory` as `model_file`; return its path."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load_model(
+        cls, directory: Path, params: Mapping[str, Any], classes: list[int]
+    ) -> Self:
+        """Rebuild a fitted head from `save_model`'s file without running untrusted code."""
+
+
+# --------------------------------------------------------------------------- scikit-learn
+
+#: Types beyond skops' defaults (which cover scikit-learn estimators and numpy) that our own
+#: pipelines contain. Anything else in a file is refused before it is instantiated.
+_EXTRA_TRUSTED = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+)
+
+
+class SklearnHead(Head):
+    """Pooling (+ optional square root) outside, then a scaler and an estimator in a Pipeline."""
+
+    model_file = "model.skops"
+
+    def __init__(
+        self,
+        pooling: str = "avgmax",
+        scaling: str = "standard",
+        C: float = 1.0,
+        class_weight: str = "balanced",
+        seed: int = 0,
+    ) -> None:
+        self.pooling = pooling
+        self.scaling = scaling
+        self.C = C
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "pooling": self.pooling,
+            "scaling": self.scaling,
+            "C": float(self.C),
+            "class_weight": self.class_weight,
+            "seed": int(self.seed),
+        }
+
+    def _validate(self) -> None:
+        check_pooling(self.pooling)
+        check_choice("scaling", self.scaling, SCALINGS)
+        check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        check_positive("C", self.C)
+
+    @abc.abstractmethod
+    def _estimator(self) -> Any:
+        """The final step of the pipeline, unfitted."""
+
+    #: The class the loaded pipeline's last step must be (checked after safe loading).
+    _estimator_type: ClassVar[str]
+
+    def _pipeline(self) -> Any:
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import Normalizer, StandardScaler
+
+        scaler = Normalizer() if self.scaling == "l2" else StandardScaler()
+        return Pipeline([("scale", scaler), ("clf", self._estimator())])
+
+    def reduce(self, X: Any) -> NDArray[np.float32]:
+        x = np.asarray(X)
+        if x.ndim == 2:  # already reduced (the trainer pools chunk by chunk)
+            return x.astype(np.float32, copy=False)
+        v = pool(x, self.pooling)
+        if self.scaling == "sqrt":
+            # Power normalisation: post-ReLU activations are heavy-tailed; the root evens them.
+            v = np.sqrt(np.maximum(v, 0.0))
+        return v
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        validation_data: tuple[Any, Any] | None = None,
+    ) -> Self:
+        self._validate()
+        v = self.reduce(X)
+        labels = as_labels(y, len(v))
+        self.pipeline_ = self._pipeline().fit(v, labels)
+        self.classes_ = np.asarray(self.pipeline_.classes_, dtype=np.int64)
+        return self
+
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        return np.asarray(self.pipeline_.predict_proba(self.reduce(X)), dtype=np.float64)
+
+    def save_model(self, directory: Path) -> Path:
+        import skops.io as sio
+
+        path = Path(directory) / self.model_file
+        sio.dump(self.pipeline_, path)
+        return path
+
+    @classmethod
+    def load_model(
+        cls, directory: Path, params: Mapping[str, Any], classes: list[int]
+    ) -> Self:
+        import skops.io as sio
+
+        path = Path(directory) / cls.model_file
+        try:
+            untrusted = sio.get_untrusted_types(file=path)
+        except Exception as exc:  # a damaged zip or schema: skops raises many kinds
+            raise ArtifactError(f"{path} is not a readable skops file ({exc})") from None
+        unexpected = sorted(set(untrusted) - set(_EXTRA_TRUSTED))
+        if unexpected:
+            raise ArtifactError(
+                f"{path} holds types a {cls.kind} head never contains and that are not trusted: "
+                f"{', '.join(unexpected)}; refusing to load it"
+            )
+        try:
+            pipeline = sio.load(path, trusted=list(untrusted))
+        except Exception as exc:
+            raise ArtifactError(f"{path} could not be loaded safely ({exc})") from None
+        _check_structure(pipeline, cls._estimator_type, path)
+        head = cls(**params)
+        head.pipeline_ = pipeline
+        head.classes_ = np.asarray(pipeline.classes_, dtype=np.int64)
+        if head.classes_.tolist() != list(classes):
+            raise ArtifactError(
+                f"{path} predicts classes {head.classes_.tolist()} but the metadata says "
+                f"{list(classes)}"
+            )
+        return head
+
+
+def _check_structure(pipeline: Any, estimator_type: str, path: Path) -> None:
+    """Trusted types alone allow any scikit-learn object; insist on exactly our pipeline."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    def qualname(obj: Any) -> str:
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+    ok = (
+        type(pipeline) is Pipeline
+        and [name for name, _ in pipeline.steps] == ["scale", "clf"]
+        and type(pipeline.steps[0][1]) in (StandardScaler, Normalizer)
+        and qualname(pipeline.steps[1][1]) == estimator_type
+    )
+    if not ok:
+        found = (
+            " -> ".join(qualname(step) for _, step in pipeline.steps)
+            if isinstance(pipeline, Pipeline)
+            else qualname(pipeline)
+        )
+        raise ArtifactError(
+            f"{path} does not hold the expected pipeline (scaler -> {estimator_type}); found "
+            f"{found}; refusing to use it"
+        )
+
+
+class LogRegHead(SklearnHead):
+    """Multinomial logistic regression (L2-regularised, lbfgs): fast, calibrated, linear."""
+
+    kind = "logreg"
+    _estimator_type = "sklearn.linear_model._logistic.LogisticRegression"
+
+    def __init__(
+        self,
+        pooling: str = "avgmax",
+        scaling: str = "standard",
+        C: float = 0.03,
+        class_weight: str = "balanced",
+        seed: int = 0,
+        max_iter: int = 5000,
+    ) -> None:
+        super().__init__(pooling, scaling, C, class_weight, seed)
+        self.max_iter = max_iter
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "max_iter": int(self.max_iter)}
+
+    def _estimator(self) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(
+            C=self.C,
+            max_iter=self.max_iter,
+            class_weight=None if self.class_weight == "none" else self.class_weight,
+            random_state=self.seed,
+        )
+
+
+class SVMHead(SklearnHead):
+    """Support-vector machine; probabilities from Platt scaling fitted by 5-fold CV.
+
+    `CalibratedClassifierCV(SVC(), ensemble=False)` is what scikit-learn recommends in place of
+    the deprecated `SVC(probability=True)`; `predict_proba` then agrees with one SVC fitted on
+    all the data.
+    """
+
+    kind = "svm"
+    _estimator_type = "sklearn.calibration.CalibratedClassifierCV"
+
+    def __init__(
+        self,
+        pooling: str = "avgmax",
+        scaling: str = "standard",
+        C: float = 10.0,
+        class_weight: str = "balanced",
+        seed: int = 0,
+        kernel: str = "rbf",
+    ) -> None:
+        super().__init__(pooling, scaling, C, class_weight, seed)
+        self.kernel = kernel
+
+    def get_params(self) -> dict[str, Any]:
+        return {**super().get_params(), "kernel": self.kernel}
+
+    def _validate(self) -> None:
+        super()._validate()
+        check_choice("kernel", self.kernel, ("rbf", "linear"))
+
+    def _estimator(self) -> Any:
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.svm import SVC
+
+        svc = SVC(
+            C=self.C,
+            kernel=self.kernel,
+            class_weight=None if self.class_weight == "none" else self.class_weight,
+            random_state=self.seed,
+        )
+        return CalibratedClassifierCV(svc, ensemble=False, cv=5)
