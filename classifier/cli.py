@@ -23,6 +23,9 @@ Heads (all take the cache's 4x4x512 maps; pooling turns a map into a vector):
   dense   the recipe's Keras head: pooling -> Dense(256, relu) -> Dropout(0.5) -> sigmoid
           (2 classes) / softmax; RMSprop; defaults --pooling flatten --learning-rate 1e-4,
           early stopping on validation loss (patience 20) restoring the best weights
+  finetune  (--fine-tune block5) VGG16's block5, initialised from the ImageNet weights, then
+          the dense head, on a cache of block4_pool maps (extract --layer block4_pool): the
+          head trains with block5 frozen, then block5_conv1..3 train with it at lr 1e-5
 
 Validation: --val-cache (same feature spec and class names as --cache, else refused) or a
 stratified, seeded hold-out of --val-split of the training cache.
@@ -61,8 +64,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-split", type=float, default=0.2,
                      help="fraction held out for validation when no --val-cache "
                      "(default: %(default)s)")
-    p.add_argument("--head", choices=("logreg", "svm", "dense"), default="logreg",
+    p.add_argument("--head", choices=("logreg", "svm", "dense", "finetune"), default="logreg",
                    help="head kind (default: %(default)s)")
+    p.add_argument("--fine-tune", choices=("block5",), default=None,
+                   help="fine-tune VGG16's block5 with a dense head on a block4_pool cache "
+                   "(same as --head finetune)")
     p.add_argument("--out", type=Path, default=None,
                    help="artifact directory to create (default: heads/<head>)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -81,19 +87,27 @@ def build_train_parser() -> argparse.ArgumentParser:
                    "l2: unit-norm rows (default: %(default)s)")
     g.add_argument("--kernel", choices=("rbf", "linear"), default="rbf",
                    help="svm kernel (default: %(default)s)")
-    d = p.add_argument_group("dense")
-    d.add_argument("--learning-rate", type=_positive_float, default=1e-4,
-                   help="RMSprop learning rate (default: %(default)s)")
-    d.add_argument("--epochs", type=_positive_int, default=200,
-                   help="most epochs; early stopping usually ends sooner (default: %(default)s)")
-    d.add_argument("--patience", type=int, default=20,
+    d = p.add_argument_group("dense and finetune (defaults: dense / finetune)")
+    d.add_argument("--learning-rate", type=_positive_float, default=None,
+                   help="RMSprop learning rate of the head (default: 1e-4)")
+    d.add_argument("--epochs", type=_positive_int, default=None,
+                   help="most epochs; early stopping usually ends sooner (default: 200 / 100)")
+    d.add_argument("--patience", type=int, default=None,
                    help="epochs without a better validation loss before stopping "
-                   "(default: %(default)s)")
-    d.add_argument("--batch-size", type=_positive_int, default=20,
-                   help="batch size (default: %(default)s)")
-    d.add_argument("--units", type=_positive_int, default=256,
-                   help="hidden units (default: %(default)s)")
-    d.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default: %(default)s)")
+                   "(default: 20 / 8)")
+    d.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="batch size (default: 20)")
+    d.add_argument("--units", type=_positive_int, default=None,
+                   help="hidden units (default: 256)")
+    d.add_argument("--dropout", type=float, default=None, help="dropout rate (default: 0.5)")
+    f = p.add_argument_group("finetune")
+    f.add_argument("--fine-tune-learning-rate", type=_positive_float, default=None,
+                   help="RMSprop learning rate once block5 is unfrozen (default: 1e-5)")
+    f.add_argument("--fine-tune-epochs", type=_positive_int, default=None,
+                   help="most epochs with block5 unfrozen (default: 30)")
+    f.add_argument("--weights", default=None,
+                   help="VGG16 weights block5 starts from: the ones the cache was made with "
+                   "(default: $FEATCACHE_WEIGHTS, else imagenet)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     return p
 
@@ -109,9 +123,10 @@ def _head_params(args: argparse.Namespace) -> dict[str, Any]:
         if args.head == "svm":
             params["kernel"] = args.kernel
     else:
-        params.update(learning_rate=args.learning_rate, epochs=args.epochs,
-                      patience=args.patience, batch_size=args.batch_size, units=args.units,
-                      dropout=args.dropout)
+        names = ["learning_rate", "epochs", "patience", "batch_size", "units", "dropout"]
+        if args.head == "finetune":
+            names += ["fine_tune_learning_rate", "fine_tune_epochs", "weights"]
+        params.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
     return params
 
 
@@ -124,6 +139,10 @@ def _setup(quiet: bool) -> None:
 def train_main(argv: list[str] | None = None) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)
+    if args.fine_tune is not None:
+        if args.head not in ("logreg", "finetune"):  # logreg: the default, not a choice made
+            parser.error(f"--fine-tune trains a finetune head; got --head {args.head}")
+        args.head = "finetune"
     if args.val_cache is None and not 0 < args.val_split < 1:
         parser.error(f"--val-split must be between 0 and 1 (exclusive); got {args.val_split}")
     _setup(args.quiet)

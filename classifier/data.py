@@ -64,23 +64,29 @@ class TrainingData:
     validation_source: dict[str, object]
 
 
-def labelled_subset(path: str | os.PathLike[str], what: str = "cache") -> tuple[
-    Subset, FeatureSpec, list[str]
-]:
-    """All labelled rows of a cache; refuses unlabelled caches and ones with < 2 classes."""
+def labelled_subset(
+    path: str | os.PathLike[str], what: str = "cache", with_views: bool = False
+) -> tuple[Subset, FeatureSpec, list[str]]:
+    """The labelled rows of a cache; refuses unlabelled caches and ones with < 2 classes.
+
+    Only each image's own row unless `with_views`: augmented views (`extract --augment`) are
+    for training; validation, evaluation and prediction use the images as they are.
+    """
     path = Path(path)
     with open_cache(path) as cache:
         spec = cache.spec
         names = cache.class_names
         labels = cache.labels.astype(np.int64)
+        if not with_views:
+            labels[cache.views != 0] = -2  # left out below, and not counted as unlabelled
     if not names or not (labels >= 0).any():
         raise DataError(
             f"{what} {path} is unlabelled (extracted from a folder without class sub-folders); "
             "a head needs labelled features"
         )
     keep = np.flatnonzero(labels >= 0)
-    if len(keep) < len(labels):
-        logger.warning("%s: ignoring %d unlabelled rows", path, len(labels) - len(keep))
+    if (labels == -1).any():
+        logger.warning("%s: ignoring %d unlabelled rows", path, int((labels == -1).sum()))
     present = np.unique(labels[keep])
     if len(present) < 2:
         raise DataError(
@@ -104,8 +110,13 @@ def training_data(
     val_split: float = 0.2,
     seed: int = 0,
 ) -> TrainingData:
-    """The training set and its validation set: another cache, or a stratified, seeded split."""
-    full, spec, names = labelled_subset(cache, "training cache")
+    """The training set and its validation set: another cache, or a stratified, seeded split.
+
+    The training set includes augmented views when the cache has them. A split is drawn over
+    images, never rows: all views of an image land on the same side, and the validation side
+    keeps only the images themselves, so no view of a validation image is ever trained on.
+    """
+    full, spec, names = labelled_subset(cache, "training cache", with_views=True)
     if val_cache is not None:
         val, val_spec, val_names = labelled_subset(val_cache, "validation cache")
         spec.check_compatible(val_spec, what=f"validation cache {val.path}",
@@ -117,16 +128,22 @@ def training_data(
         raise DataError(f"val_split must be between 0 and 1 (exclusive); got {val_split!r}")
     from sklearn.model_selection import train_test_split
 
+    with open_cache(full.path) as c:
+        paths = np.asarray(c.paths, dtype=object)[full.indices]
+        views = c.views[full.indices]
+    plain = np.flatnonzero(views == 0)
     try:
-        tr, va = train_test_split(
-            np.arange(len(full)), test_size=val_split, stratify=full.labels, random_state=seed
+        tr_plain, va_plain = train_test_split(
+            plain, test_size=val_split, stratify=full.labels[plain], random_state=seed
         )
     except ValueError as exc:
         raise DataError(
             f"cannot hold out val_split={val_split} of {len(full)} rows stratified by class "
             f"({exc}); pass a validation cache or change the split"
         ) from None
-    tr, va = np.sort(tr), np.sort(va)
+    train_images = set(paths[tr_plain].tolist())
+    tr = np.flatnonzero([p in train_images for p in paths])
+    va = np.sort(va_plain)
 
     def part(rows: NDArray[np.int64]) -> Subset:
         return Subset(full.path, full.indices[rows], full.labels[rows], full.feature_shape)

@@ -75,36 +75,37 @@ class DenseHead(Head):
         import keras
 
         inputs = keras.Input(shape=input_shape, name="features")
-        if len(input_shape) == 1:
-            x = inputs
+        outputs = self._top(inputs, n_classes)
+        return keras.Model(inputs, outputs, name="dense_head")
+
+    def _top(self, x: Any, n_classes: int) -> Any:
+        """Pooling -> Dense(units, relu) -> Dropout -> sigmoid (2 classes) or softmax."""
+        import keras
+
+        if len(x.shape) == 2:
+            pass
         elif self.pooling == "flatten":
-            x = keras.layers.Flatten()(inputs)
+            x = keras.layers.Flatten()(x)
         elif self.pooling == "avg":
-            x = keras.layers.GlobalAveragePooling2D()(inputs)
+            x = keras.layers.GlobalAveragePooling2D()(x)
         elif self.pooling == "max":
-            x = keras.layers.GlobalMaxPooling2D()(inputs)
+            x = keras.layers.GlobalMaxPooling2D()(x)
         else:
             x = keras.layers.Concatenate()(
-                [
-                    keras.layers.GlobalAveragePooling2D()(inputs),
-                    keras.layers.GlobalMaxPooling2D()(inputs),
-                ]
+                [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)]
             )
         x = keras.layers.Dense(self.units, activation="relu")(x)
         x = keras.layers.Dropout(self.dropout, seed=self.seed)(x)
         if n_classes == 2:
-            outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-            loss = "binary_crossentropy"
-        else:
-            outputs = keras.layers.Dense(n_classes, activation="softmax", name="probability")(x)
-            loss = "sparse_categorical_crossentropy"
-        model = keras.Model(inputs, outputs, name="dense_head")
-        model.compile(
-            optimizer=keras.optimizers.RMSprop(learning_rate=self.learning_rate),
-            loss=loss,
-            metrics=["accuracy"],
-        )
-        return model
+            return keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+        return keras.layers.Dense(n_classes, activation="softmax", name="probability")(x)
+
+    def _phases(self) -> list[tuple[float, int]]:
+        """(learning rate, epoch ceiling) of each training phase."""
+        return [(self.learning_rate, self.epochs)]
+
+    def _prepare_phase(self, model: Any, phase: int) -> None:
+        """Set up the model before a phase (which layers train); one phase here, nothing to do."""
 
     def fit(
         self,
@@ -152,17 +153,26 @@ class DenseHead(Head):
         ]
         if streamed:
             X.label_map = index
+            data: dict[str, Any] = {"x": X}
+        else:
+            data = {"x": X, "y": encode(labels), "batch_size": self.batch_size, "shuffle": True}
+        loss = "binary_crossentropy" if len(self.classes_) == 2 else (
+            "sparse_categorical_crossentropy"
+        )
+        self.history_ = {}
+        for phase, (learning_rate, epochs) in enumerate(self._phases()):
+            self._prepare_phase(self.model_, phase)
+            self.model_.compile(
+                optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+                loss=loss,
+                metrics=["accuracy"],
+            )
             history = self.model_.fit(
-                X, epochs=self.epochs, validation_data=val, class_weight=class_weight,
+                **data, epochs=epochs, validation_data=val, class_weight=class_weight,
                 callbacks=callbacks, verbose=0,
             )
-        else:
-            history = self.model_.fit(
-                X, encode(labels), batch_size=self.batch_size, epochs=self.epochs,
-                validation_data=val, class_weight=class_weight, callbacks=callbacks,
-                shuffle=True, verbose=0,
-            )
-        self.history_ = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+            for key, values in history.history.items():
+                self.history_.setdefault(key, []).extend(float(v) for v in values)
         best = int(np.argmin(self.history_[monitor]))
         self.best_epoch_ = best + 1
         logger.info(

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from classifier.errors import ArtifactError
 from classifier.pooling import check_pooling, pool
+from extractor import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class Head(abc.ABC):
     def reduce(self, X: Any) -> NDArray[np.float32]:
         """The head's own reduction of maps, applied chunk by chunk before `fit` (identity here)."""
         return np.asarray(X, dtype=np.float32)
+
+    def check_spec(self, spec: FeatureSpec) -> None:  # noqa: B027 - optional hook
+        """Refuse (DataError) features this kind of head cannot train on; any are fine here."""
 
     @abc.abstractmethod
     def save_model(self, directory: Path) -> Path:

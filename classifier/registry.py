@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from classifier.dense import DenseHead
+from classifier.finetune import FineTuneHead
 from classifier.heads import Head, LogRegHead, SVMHead
 
-HEADS: dict[str, type[Head]] = {"dense": DenseHead, "logreg": LogRegHead, "svm": SVMHead}
+HEADS: dict[str, type[Head]] = {
+    "dense": DenseHead,
+    "logreg": LogRegHead,
+    "svm": SVMHead,
+    "finetune": FineTuneHead,
+}
 
 
 def make_head(kind: str, **params: Any) -> Head:

@@ -12,6 +12,7 @@ import numpy as np
 
 from classifier.artifact import save_head
 from classifier.data import Subset, training_data
+from classifier.dense import DenseHead
 from classifier.metrics import classification_metrics
 from classifier.registry import make_head
 
@@ -46,6 +47,7 @@ def train(
     params.setdefault("seed", seed)
     model = make_head(head, **params)
     data = training_data(cache_path, val_cache, val_split, seed)
+    model.check_spec(data.spec)
     k = len(data.class_names)
     logger.info(
         "training %s head on %d rows, validating on %d (%s)",
@@ -53,7 +55,7 @@ def train(
     )
 
     start = time.perf_counter()
-    streamed = head == "dense" and data.train.nbytes > stream_above_bytes
+    streamed = isinstance(model, DenseHead) and data.train.nbytes > stream_above_bytes
     if streamed:
         from classifier.streaming import CacheBatches
 

@@ -1,10 +1,19 @@
-"""The VGG16 convolutional base: uint8 pixels in, feature maps out."""
+"""The VGG16 convolutional base: uint8 pixels in, feature maps out, on a chosen runtime.
+
+Runtimes: `keras` (the reference; any Keras 3 backend: TensorFlow, JAX or PyTorch) and
+`onnxruntime` (the same Keras model exported to ONNX, see `extractor.onnx_runtime`; equal to the
+reference within 1e-3, tested on real images). `auto` picks the one measured faster on the CPU
+at hand (BENCHMARKS.md): on CPUs with AVX-512, Keras on TensorFlow (oneDNN's AVX-512 kernels
+used 10-20% less CPU per image than onnxruntime on AMD Zen 5); elsewhere onnxruntime (~1.35x
+Keras on AMD Zen 3, AVX2 only, as measured for the performance issue), when installed.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,6 +21,9 @@ from numpy.typing import NDArray
 from extractor.images import PREPROCESSING_ID, preprocess
 from extractor.spec import FeatureSpec
 from extractor.weights import resolve_weights, weights_sha256
+
+if TYPE_CHECKING:
+    from extractor.onnx_runtime import OnnxConvBase
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +35,8 @@ LAYERS = ("block5_pool", "block4_pool", "block3_pool")
 _DOWNSCALE = {"block5_pool": 32, "block4_pool": 16, "block3_pool": 8}
 _CHANNELS = {"block5_pool": 512, "block4_pool": 512, "block3_pool": 256}
 MIN_IMAGE_SIZE = 32
+RUNTIMES = ("keras", "onnxruntime")
+AUTO = "auto"
 
 
 def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
@@ -35,6 +49,55 @@ def validate(layer: str, image_size: int) -> None:
         raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE}; got {image_size}")
+
+
+def resolve_runtime(runtime: str = AUTO) -> str:
+    """`auto` -> the fastest installed runtime; a named runtime is checked and returned."""
+    from extractor import onnx_runtime
+
+    if runtime not in (AUTO, *RUNTIMES):
+        raise ValueError(
+            f"unknown runtime {runtime!r}; choose one of {', '.join((AUTO, *RUNTIMES))}"
+        )
+    if runtime == "onnxruntime" and not onnx_runtime.available():
+        raise ValueError("runtime 'onnxruntime' needs the onnxruntime and onnx packages "
+                         "(pip install onnxruntime onnx)")
+    if runtime != AUTO:
+        return runtime
+    if _avx512_tensorflow():
+        logger.info("runtime auto: using keras (TensorFlow's AVX-512 kernels are the faster here)")
+        return "keras"
+    if onnx_runtime.available():
+        return "onnxruntime"
+    logger.info("runtime auto: using keras (onnxruntime, faster on this CPU, is not installed: "
+                "pip install onnxruntime onnx)")
+    return "keras"
+
+
+def _avx512_tensorflow() -> bool:
+    """Whether Keras would run on TensorFlow on a CPU with AVX-512 (where it beats onnxruntime)."""
+    import importlib.util
+
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return False
+    if importlib.util.find_spec("tensorflow") is None:
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return any(line.startswith("flags") and " avx512f" in line for line in fh)
+    except OSError:  # not Linux: no measurement says keras wins there
+        return False
+
+
+def build_keras_model(weights_path: Path, image_size: int, layer: str) -> Any:
+    """The Keras VGG16 conv base with these weights, truncated at `layer`."""
+    import keras
+
+    base = keras.applications.VGG16(
+        include_top=False, weights=str(weights_path), input_shape=(image_size, image_size, 3)
+    )
+    out = base.get_layer(layer).output
+    return base if out is base.output else keras.Model(base.input, out, name=layer)
 
 
 def make_spec(
@@ -57,7 +120,9 @@ class ConvBase:
     """VGG16 without its top, truncated at `layer`, with ImageNet (or given) weights.
 
     Call it on a (N, size, size, 3) uint8 RGB batch from `extractor.images.decode_image`;
-    it applies the VGG16 preprocessing and returns float32 feature maps.
+    it applies the VGG16 preprocessing and returns float32 feature maps. `runtime` is `auto`,
+    `keras` or `onnxruntime`; `threads` sets ONNX Runtime's intra-op threads (default: the
+    CPUs this process may use).
     """
 
     def __init__(
@@ -65,26 +130,34 @@ class ConvBase:
         weights: str | os.PathLike[str] | None = None,
         image_size: int = DEFAULT_IMAGE_SIZE,
         layer: str = DEFAULT_LAYER,
+        runtime: str = AUTO,
+        threads: int | None = None,
     ) -> None:
         validate(layer, image_size)
         self.weights_path: Path = resolve_weights(weights)
         self.image_size = image_size
         self.layer = layer
+        self.runtime = resolve_runtime(runtime)
+        self.spec = make_spec(self.weights_path, layer, image_size, self.runtime)
+        self.model: Any = None
+        self._onnx: OnnxConvBase | None = None
+        if self.runtime == "onnxruntime":
+            from extractor import onnx_runtime
 
-        import keras
-
-        base = keras.applications.VGG16(
-            include_top=False,
-            weights=str(self.weights_path),
-            input_shape=(image_size, image_size, 3),
-        )
-        out = base.get_layer(layer).output
-        self.model = base if out is base.output else keras.Model(base.input, out, name=layer)
-        self.spec = make_spec(self.weights_path, layer, image_size)
-        logger.info("loaded VGG16 conv base (%s, %s) from %s", layer, image_size, self.weights_path)
+            source, origin = onnx_runtime.load_or_export(
+                self.weights_path, self.spec.weights_sha256, layer, image_size
+            )
+            self._onnx = onnx_runtime.OnnxConvBase(source, threads)
+        else:
+            origin = str(self.weights_path)
+            self.model = build_keras_model(self.weights_path, image_size, layer)
+        logger.info("loaded VGG16 conv base (%s, %s) on %s from %s",
+                    layer, image_size, self.runtime, origin)
 
     def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
         if pixels.shape[0] == 0:
             return np.zeros((0, *self.spec.feature_shape), dtype=np.float32)
-        out = self.model.predict_on_batch(preprocess(pixels))
-        return np.asarray(out, dtype=np.float32)
+        x = preprocess(pixels)
+        if self._onnx is not None:
+            return self._onnx(x)
+        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)

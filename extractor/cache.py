@@ -6,11 +6,13 @@ Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
     /labels           (N,) int32, index into attribute class_names, -1 when unlabelled
     /paths            (N,) UTF-8 strings, relative to the extracted folder, sorted
     /sha256           (N,) hex SHA-256 of each file's bytes
+    /view             (N,) int16: 0 for the image itself, 1..K for its augmented views
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
     attributes        format, class_names, the feature spec (backbone, weights_sha256, layer,
-                      input_size, preprocessing, feature_shape, runtime), weights_source,
-                      package_version, keras_version, created, source_dir
+                      input_size, preprocessing, feature_shape, runtime), augment_views,
+                      augment_seed, augmentation, weights_source, package_version,
+                      keras_version, created, source_dir
 
 Crash safety: the cache file is only ever replaced whole (`os.replace` of a finished temporary
 file), so it is always either the previous complete cache or the new one. Work in progress goes
@@ -50,6 +52,24 @@ _STR = h5py.string_dtype("utf-8")
 
 class CacheError(RuntimeError):
     """A cache file is missing, unreadable, or not a feature cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+    """How many augmented views each image has in a cache, and how they were drawn."""
+
+    views: int = 0
+    seed: int = 0
+    description: str = ""
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {"augment_views": self.views, "augment_seed": self.seed,
+                "augmentation": self.description}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> AugmentSettings:
+        return cls(int(attrs.get("augment_views", 0)), int(attrs.get("augment_seed", 0)),
+                   str(attrs.get("augmentation", "")))
 
 
 def parts_dir(cache_path: Path) -> Path:
@@ -121,6 +141,17 @@ class FeatureCache:
     @property
     def sha256(self) -> list[str]:
         return [s.decode("ascii") for s in self._file["sha256"][:]]
+
+    @property
+    def views(self) -> NDArray[np.int16]:
+        """0 for each image itself, 1..K for its augmented views (all 0 without --augment)."""
+        if "view" not in self._file:
+            return np.zeros(len(self), dtype=np.int16)
+        return np.asarray(self._file["view"][:], dtype=np.int16)
+
+    @property
+    def augmentation(self) -> AugmentSettings:
+        return AugmentSettings.from_attrs(self.attrs)
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -246,6 +277,7 @@ def write_cache(
     sha256: Sequence[str] | None = None,
     skipped: Sequence[tuple[str, str]] = (),
     extra_attrs: Mapping[str, Any] | None = None,
+    views: Sequence[int] | NDArray[np.integer] | None = None,
 ) -> Path:
     """Write a complete cache from in-memory arrays (small sets, tests, synthetic data)."""
     path = Path(path)
@@ -264,6 +296,8 @@ def write_cache(
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
         _write_strings(f, "paths", paths)
         _write_strings(f, "sha256", sha256 if sha256 is not None else [""] * n)
+        f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
+                                                 dtype=np.int16).reshape(n))
         grp = f.create_group("skipped")
         _write_strings(grp, "paths", [p for p, _ in skipped])
         _write_strings(grp, "reasons", [r for _, r in skipped])
@@ -275,10 +309,12 @@ def write_cache(
 class Checkpoint:
     """What a run produced since its last checkpoint."""
 
+    #: One entry per row: an image (view 0) or one of its augmented views (1..K).
     paths: list[str] = dataclasses.field(default_factory=list)
     sha256: list[str] = dataclasses.field(default_factory=list)
+    views: list[int] = dataclasses.field(default_factory=list)
     features: list[NDArray[np.float32]] = dataclasses.field(default_factory=list)
-    #: Files whose bytes equal a file already extracted: they share its features.
+    #: Files whose bytes equal a file already extracted: they share its features (every view).
     dup_paths: list[str] = dataclasses.field(default_factory=list)
     dup_sha256: list[str] = dataclasses.field(default_factory=list)
     skip_paths: list[str] = dataclasses.field(default_factory=list)
@@ -291,9 +327,12 @@ class Checkpoint:
 class Staging:
     """The `<cache>.parts/` directory of a run in progress: append-only, complete files only."""
 
-    def __init__(self, cache_path: Path, spec: FeatureSpec) -> None:
+    def __init__(
+        self, cache_path: Path, spec: FeatureSpec, augment: AugmentSettings | None = None
+    ) -> None:
         self.dir = parts_dir(cache_path)
         self.spec = spec
+        self.augment = augment or AugmentSettings()
 
     def parts(self) -> list[Path]:
         if not self.dir.is_dir():
@@ -304,8 +343,10 @@ class Staging:
         """Refuse checkpoints left by a run with other settings (never mix features)."""
         for part in self.parts():
             with h5py.File(part, "r") as f:
-                theirs = FeatureSpec.from_dict({k: _from_attr(v) for k, v in f.attrs.items()})
-            diffs = self.spec.differences(theirs)
+                attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
+            diffs = list(self.spec.differences(FeatureSpec.from_dict(attrs)))
+            if AugmentSettings.from_attrs(attrs) != self.augment:
+                diffs.append("augmentation")
             if diffs:
                 fields = ", ".join(diffs)
                 raise CacheError(
@@ -347,7 +388,7 @@ class Staging:
         path = self.dir / f"part-{seq:06d}.h5"
         tmp, f = _atomic_h5(path)
         with f:
-            for key, value in self.spec.to_dict().items():
+            for key, value in {**self.spec.to_dict(), **self.augment.to_attrs()}.items():
                 f.attrs[key] = value
             f.attrs["format"] = PART_FORMAT
             feats = (
@@ -359,6 +400,7 @@ class Staging:
             for name in ("paths", "sha256", "dup_paths", "dup_sha256", "skip_paths",
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
+            f.create_dataset("view", data=np.asarray(cp.views, dtype=np.int16))
         _commit(tmp, path)
         return path
 
@@ -379,8 +421,14 @@ def _strings(ds: h5py.Dataset) -> list[str]:
 class _Row:
     path: str
     sha256: str
+    view: int
     source: int  # index into the list of open source files
     index: int  # row in that source's features
+
+
+def _views(f: h5py.File) -> NDArray[np.int16]:
+    n = f["features"].shape[0]
+    return np.asarray(f["view"][:], np.int16) if "view" in f else np.zeros(n, np.int16)
 
 
 def consolidate(
@@ -393,57 +441,60 @@ def consolidate(
     """Fold the previous cache and the checkpoints into a new cache file, atomically.
 
     `labels` maps every path that belongs in the cache (the folder as scanned now) to its label;
-    rows for files no longer in the folder are dropped. Returns (rows written, skipped files).
+    rows for files no longer in the folder are dropped. Returns (images, skipped files); with
+    augmented views an image has several rows.
     """
     sources: list[h5py.File] = []
-    rows: dict[str, _Row] = {}
-    by_sha: dict[str, _Row] = {}
+    rows: dict[tuple[str, int], _Row] = {}
+    by_sha: dict[tuple[str, int], _Row] = {}
     dups: list[tuple[str, str]] = []
     skipped: dict[str, str] = {}
+
+    def add_rows(f: h5py.File) -> None:
+        sources.append(f)
+        src = len(sources) - 1
+        paths, shas, views = _strings(f["paths"]), _strings(f["sha256"]), _views(f)
+        for i, (p, s, v) in enumerate(zip(paths, shas, views.tolist(), strict=True)):
+            rows[(p, v)] = _Row(p, s, v, src, i)
+
     try:
         if cache_path.exists():
-            prev = h5py.File(cache_path, "r")
-            sources.append(prev)
-            for i, (p, s) in enumerate(
-                zip(_strings(prev["paths"]), _strings(prev["sha256"]), strict=True)
-            ):
-                rows[p] = _Row(p, s, 0, i)
+            add_rows(h5py.File(cache_path, "r"))
         for part in staging.parts():
             f = h5py.File(part, "r")
-            sources.append(f)
-            src = len(sources) - 1
-            for i, (p, s) in enumerate(
-                zip(_strings(f["paths"]), _strings(f["sha256"]), strict=True)
-            ):
-                rows[p] = _Row(p, s, src, i)
+            add_rows(f)
             dups.extend(zip(_strings(f["dup_paths"]), _strings(f["dup_sha256"]), strict=True))
             skipped.update(
                 zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]), strict=True)
             )
         for row in rows.values():
-            by_sha.setdefault(row.sha256, row)
+            by_sha.setdefault((row.sha256, row.view), row)
         for p, s in dups:
-            if s not in by_sha:
-                raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} whose "
-                                 f"features are missing; delete that directory and rerun")
-            rows[p] = _Row(p, s, by_sha[s].source, by_sha[s].index)
-        for p in skipped:
-            rows.pop(p, None)
+            for v in range(staging.augment.views + 1):
+                if (s, v) not in by_sha:
+                    raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
+                                     f"whose features are missing; delete that directory and "
+                                     f"rerun")
+                src_row = by_sha[(s, v)]
+                rows[(p, v)] = _Row(p, s, v, src_row.source, src_row.index)
+        for key in [k for k in rows if k[0] in skipped]:
+            del rows[key]
 
-        keep = sorted(p for p in rows if p in labels)
-        dropped = len(rows) - len(keep)
+        keep = sorted(k for k in rows if k[0] in labels)
+        dropped = len({k[0] for k in rows}) - len({k[0] for k in keep})
         if dropped:
-            logger.info("dropping %d cached rows whose files are gone from the folder", dropped)
+            logger.info("dropping the rows of %d files that are gone from the folder", dropped)
         spec = staging.spec
         tmp, out = _atomic_h5(cache_path)
         with out:
-            _set_attrs(out, spec, class_names, extra_attrs)
+            _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
             n = len(keep)
             _create_datasets(out, n, spec.feature_shape)
-            _copy_features(out["features"], [rows[p] for p in keep], sources)
-            out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
-            _write_strings(out, "paths", keep)
-            _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
+            _copy_features(out["features"], [rows[k] for k in keep], sources)
+            out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
+            _write_strings(out, "paths", [p for p, _ in keep])
+            _write_strings(out, "sha256", [rows[k].sha256 for k in keep])
+            out.create_dataset("view", data=np.array([v for _, v in keep], np.int16))
             grp = out.create_group("skipped")
             skip_keep = sorted(p for p in skipped if p in labels)
             _write_strings(grp, "paths", skip_keep)
@@ -453,7 +504,7 @@ def consolidate(
         for f in sources:
             f.close()
     staging.clear()
-    return len(keep), [(p, skipped[p]) for p in skip_keep]
+    return len({p for p, _ in keep}), [(p, skipped[p]) for p in skip_keep]
 
 
 def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS
+from extractor.backbone import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS, RUNTIMES
 from extractor.runner import Summary
 from extractor.weights import IMAGENET, WEIGHTS_ENV
 
@@ -51,20 +51,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2,
                    help="threads decoding images ahead of the model (default: %(default)s)")
+    p.add_argument("--runtime", choices=(AUTO, *RUNTIMES), default=AUTO,
+                   help="what runs the conv base: keras, onnxruntime (the Keras model exported "
+                   "to ONNX, cached by weights hash), or auto = the one measured faster on this "
+                   "kind of CPU, see BENCHMARKS.md (default: %(default)s); the features are the "
+                   "same within 1e-3")
+    p.add_argument("--augment", type=int, default=0, metavar="K",
+                   help="also store K randomly augmented views of every image (the recipe's "
+                   "rotations, shifts, shear, zoom and flips), for training heads with "
+                   "augmentation at the cost of one forward pass per view; deterministic per "
+                   "image and --augment-seed (default: %(default)s)")
+    p.add_argument("--augment-seed", type=int, default=0,
+                   help="seed of the augmented views (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=512, metavar="N",
                    help="save progress every N files (and at least every minute) so an "
                    "interrupted run loses little (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary; errors only")
+    add_engine_args(p)
     return p
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--engine and the Ray options (shared with `predict`); README, "Running on a cluster"."""
+    g = p.add_argument_group("engine (README: Running on a cluster)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: a Ray cluster (pip install 'featcache[ray]')"
+                   " (default: %(default)s)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (ray://HOST:10001, HOST:6379 or auto; default: "
+                   "$RAY_ADDRESS if set, else a local Ray started for this run)")
+    g.add_argument("--actors", type=int, default=None, metavar="N",
+                   help="model actors on Ray (default: one per node)")
+    g.add_argument("--shards-dir", type=Path, default=None, metavar="DIR",
+                   help="where Ray writes shards (default: OUT.shards beside the cache); must "
+                   "be storage every node and the driver can read")
+    g.add_argument("--self-contained", action="store_true",
+                   help="with Ray: copy the features into OUT and delete the shards, so OUT can "
+                   "be moved alone (default: OUT maps its rows onto the shards)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.actors is not None and args.actors < 1:
+        build_parser().error(f"--actors must be at least 1; got {args.actors}")
     for name in ("batch_size", "workers", "checkpoint_every"):
         if getattr(args, name) < 1:
             build_parser().error(f"--{name.replace('_', '-')} must be at least 1; "
                                  f"got {getattr(args, name)}")
+    if args.augment < 0:
+        build_parser().error(f"--augment must be 0 or more; got {args.augment}")
+    if args.augment and args.engine == "ray":
+        build_parser().error("--augment runs on the local engine only; leave out --engine ray")
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -76,10 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(
         directory=args.dir, out=args.out, weights=args.weights, image_size=args.image_size,
         layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-        checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every, progress=not args.quiet, runtime=args.runtime,
+        augment=args.augment, augment_seed=args.augment_seed,
     )
     try:
-        summary = run(opts)
+        if args.engine == "ray":
+            from extractor.ray_engine import RayOptions
+            from extractor.ray_engine import run as run_ray
+
+            summary = run_ray(opts, RayOptions(args.address, args.actors, args.shards_dir,
+                                               args.self_contained))
+        else:
+            summary = run(opts)
     except (ExtractError, WeightsError, CacheError) as exc:
         print(f"extract: error: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +151,7 @@ def format_summary(s: Summary) -> str:
     lines = [
         f"cache:      {s.out} ({s.total} images; classes: {classes})",
         f"extracted:  {s.extracted} images at {s.images_per_s:.1f} images/s "
-        f"({s.elapsed_s:.1f}s in all, model loading included)",
+        f"({s.elapsed_s:.1f}s in all, model loading included; runtime {s.runtime})",
         f"duplicates: {s.duplicates} (same bytes as an image already extracted; features shared)",
         f"unchanged:  {s.already_cached} already cached; {s.removed} rows dropped "
         "(files gone from the folder)",

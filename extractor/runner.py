@@ -20,8 +20,16 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import augment as aug
 from extractor import backbone as bb
-from extractor.cache import Checkpoint, Staging, cached_paths, consolidate, open_cache
+from extractor.cache import (
+    AugmentSettings,
+    Checkpoint,
+    Staging,
+    cached_paths,
+    consolidate,
+    open_cache,
+)
 from extractor.images import ImageError, decode_image
 from extractor.spec import FeatureSpec
 from extractor.walk import Listing, scan
@@ -49,6 +57,17 @@ class Options:
     checkpoint_seconds: float = 60.0
     workers: int = 2
     progress: bool = True
+    #: Augmented views stored per image besides the image itself, and the seed drawing them.
+    augment: int = 0
+    augment_seed: int = 0
+
+    @property
+    def augmentation(self) -> AugmentSettings:
+        if not self.augment:
+            return AugmentSettings()
+        return AugmentSettings(self.augment, self.augment_seed, aug.RECIPE.describe())
+    #: "auto" (the faster on this CPU, see backbone.resolve_runtime), "keras" or "onnxruntime".
+    runtime: str = bb.AUTO
 
 
 @dataclasses.dataclass
@@ -63,6 +82,7 @@ class Summary:
     elapsed_s: float = 0.0  # whole run, model loading included
     extract_s: float = 0.0  # the decode + forward-pass loop alone
     class_names: list[str] = dataclasses.field(default_factory=list)
+    runtime: str = ""  # what ran the conv base (recorded in the cache's metadata)
 
     @property
     def images_per_s(self) -> float:
@@ -71,23 +91,38 @@ class Summary:
 
 
 @dataclasses.dataclass
-class _Loaded:
+class LoadedFile:
     path: str
     sha256: str
     pixels: NDArray[np.uint8] | None
     error: str | None
+    #: Augmented views 1..K of `pixels` (empty without --augment).
+    views: list[NDArray[np.uint8]] = dataclasses.field(default_factory=list)
+
+    @property
+    def rows(self) -> list[NDArray[np.uint8]]:
+        """The image itself, then its views: what goes through the conv base."""
+        return [] if self.pixels is None else [self.pixels, *self.views]
 
 
-def _load(root: Path, rel: str, size: int) -> _Loaded:
+def decode_bytes(rel: str, data: bytes, size: int, augment: int = 0, seed: int = 0) -> LoadedFile:
+    """Hash, decode and (with `augment` > 0) make the augmented views of one file's bytes."""
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        pixels = decode_image(data, size)
+    except ImageError as exc:
+        return LoadedFile(rel, sha, None, str(exc))
+    views = [aug.augment(pixels, aug.view_rng(sha, v, seed)) for v in range(1, augment + 1)]
+    return LoadedFile(rel, sha, pixels, None, views)
+
+
+def load_file(root: Path, rel: str, size: int, augment: int = 0, seed: int = 0) -> LoadedFile:
+    """Read one file and `decode_bytes` it; an unreadable file is recorded, not raised."""
     try:
         data = (root / rel).read_bytes()
     except OSError as exc:
-        return _Loaded(rel, "", None, f"unreadable file: {exc.strerror or exc}")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        return _Loaded(rel, sha, decode_image(data, size), None)
-    except ImageError as exc:
-        return _Loaded(rel, sha, None, str(exc))
+        return LoadedFile(rel, "", None, f"unreadable file: {exc.strerror or exc}")
+    return decode_bytes(rel, data, size, augment, seed)
 
 
 def _check_output(out: Path) -> None:
@@ -111,13 +146,15 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     _check_output(opts.out)
     try:
         bb.validate(opts.layer, opts.image_size)
+        runtime = bb.resolve_runtime(opts.runtime)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
     weights_path = resolve_weights(opts.weights)
-    spec = bb.make_spec(weights_path, opts.layer, opts.image_size)
+    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime)
     if opts.out.exists():
         with open_cache(opts.out) as cache:
             theirs = cache.spec
+            theirs_augment = cache.augmentation
         diffs = spec.differences(theirs)
         if diffs:
             detail = "; ".join(
@@ -127,7 +164,14 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
                 f"{opts.out} was made with other settings ({detail}). Features made differently "
                 f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
             )
-    Staging(opts.out, spec).check()
+        if theirs_augment != opts.augmentation:
+            raise ExtractError(
+                f"{opts.out} holds {theirs_augment.views} augmented views per image (seed "
+                f"{theirs_augment.seed}); this run asks for {opts.augment} (seed "
+                f"{opts.augment_seed}). Use the same --augment and --augment-seed, another "
+                f"--out, or delete {opts.out} to rebuild it."
+            )
+    Staging(opts.out, spec, opts.augmentation).check()
     return listing, spec, weights_path
 
 
@@ -146,15 +190,21 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
         previous, previous_skipped = cached_paths(opts.out)
         with open_cache(opts.out) as cache:
             previous_classes = cache.class_names
-    staging = Staging(opts.out, spec)
+    staging = Staging(opts.out, spec, opts.augmentation)
     done, part_shas = staging.done()
     todo = [p for p in listing.labels if p not in previous and p not in done]
     summary.already_cached = len(listing.labels) - len(todo)
+    summary.runtime = spec.runtime
     summary.removed = sum(1 for p in previous if p not in listing.labels)
 
     if todo:
         if features_fn is None:
-            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer)
+            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime)
+        made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
+        if isinstance(made_by, str) and made_by != staging.spec.runtime:
+            # A conv base handed in by the caller says which runtime really makes the features.
+            staging.spec = dataclasses.replace(staging.spec, runtime=made_by)
+            summary.runtime = made_by
         seen = set(previous.values()) | set(part_shas)
         t_loop = time.perf_counter()
         try:
@@ -210,22 +260,26 @@ def _extract(
     from tqdm import tqdm
 
     cp = Checkpoint()
-    pending: list[_Loaded] = []  # decoded, waiting for a full batch
+    pending: list[LoadedFile] = []  # decoded, waiting for a full batch
+    pending_rows = 0  # images and their views in `pending`
     pending_shas: set[str] = set()
     pending_dups: list[tuple[str, str]] = []  # duplicates of images still in `pending`
     last_flush = time.monotonic()
     window = max(opts.batch_size * 4, opts.workers * 4)
 
     def run_batch() -> None:
+        nonlocal pending_rows
         if not pending:
             return
-        pixels = np.stack([item.pixels for item in pending if item.pixels is not None])
-        feats = features_fn(pixels)
-        for item, row in zip(pending, feats, strict=True):
-            cp.paths.append(item.path)
-            cp.sha256.append(item.sha256)
-            cp.features.append(row)
+        feats = iter(features_fn(np.stack([px for item in pending for px in item.rows])))
+        for item in pending:
+            for view in range(len(item.rows)):
+                cp.paths.append(item.path)
+                cp.sha256.append(item.sha256)
+                cp.views.append(view)
+                cp.features.append(next(feats))
         summary.extracted += len(pending)
+        pending_rows = 0
         for path, sha in pending_dups:
             cp.dup_paths.append(path)
             cp.dup_sha256.append(sha)
@@ -243,18 +297,20 @@ def _extract(
     bar = tqdm(total=len(todo), unit="img", disable=not opts.progress, smoothing=0.1,
                dynamic_ncols=True)
     pool = cf.ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="decode")
-    queue: collections.deque[cf.Future[_Loaded]] = collections.deque()
+    queue: collections.deque[cf.Future[LoadedFile]] = collections.deque()
     files = iter(todo)
     try:
         for rel in files:
-            queue.append(pool.submit(_load, listing.root, rel, opts.image_size))
+            queue.append(pool.submit(load_file, listing.root, rel, opts.image_size, opts.augment,
+                                     opts.augment_seed))
             if len(queue) >= window:
                 break
         while queue:
             item = queue.popleft().result()
             nxt = next(files, None)
             if nxt is not None:
-                queue.append(pool.submit(_load, listing.root, nxt, opts.image_size))
+                queue.append(pool.submit(load_file, listing.root, nxt, opts.image_size,
+                                         opts.augment, opts.augment_seed))
             if item.error is not None:
                 cp.skip_paths.append(item.path)
                 cp.skip_reasons.append(item.error)
@@ -267,9 +323,10 @@ def _extract(
                 summary.duplicates += 1
             else:
                 pending.append(item)
+                pending_rows += len(item.rows)
                 pending_shas.add(item.sha256)
                 seen.add(item.sha256)
-                if len(pending) >= opts.batch_size:
+                if pending_rows >= opts.batch_size:
                     run_batch()
             bar.update(1)
             if not pending and (

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import MakeCache, make_spec
 
 from classifier.artifact import load_head
 from classifier.errors import ArtifactError, DataError
 from classifier.training import train
 from extractor import SpecMismatchError, open_cache
-from tests.classifier.conftest import MakeCache, make_spec
 
 FAST_DENSE = {"epochs": 10, "patience": 5, "learning_rate": 5e-3, "units": 16, "batch_size": 16}
 

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from synthetic import MakeCache, make_spec
 
 from classifier.cli import evaluate_main, train_main
-from tests.classifier.conftest import MakeCache, make_spec
 
 
 def test_train_then_evaluate(make_cache: MakeCache, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,99 @@
+"""Fine-tuning VGG16's block5 from cached block4_pool maps: the recipe's method 4, made cheap.
+
+Blocks 1-4 stay frozen during fine-tuning, so their output never changes: it is cached once
+(`extract --layer block4_pool`, 9x9x512 at 150x150) and training runs only block5 and the head,
+~9% of the conv base's multiply-adds. As the recipe prescribes, the head first trains with block5
+frozen (a random head's large gradients would wreck the pretrained filters), then block5_conv1..3
+are unfrozen and train with the head at a low learning rate. block5 starts from the same ImageNet
+weights file that made the cache (checked by its SHA-256).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from classifier.dense import DenseHead
+from classifier.errors import DataError
+from extractor import FeatureSpec
+
+BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3", "block5_pool")
+INPUT_LAYER = "block4_pool"
+
+
+class FineTuneHead(DenseHead):
+    kind = "finetune"
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        fine_tune_learning_rate: float = 1e-5,
+        fine_tune_epochs: int = 30,
+        pooling: str = "flatten",
+        units: int = 256,
+        dropout: float = 0.5,
+        learning_rate: float = 1e-4,
+        batch_size: int = 20,
+        epochs: int = 100,
+        patience: int = 8,
+        class_weight: str = "balanced",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(pooling=pooling, units=units, dropout=dropout,
+                         learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
+                         patience=patience, class_weight=class_weight, seed=seed)
+        self.weights = weights
+        self.fine_tune_learning_rate = fine_tune_learning_rate
+        self.fine_tune_epochs = fine_tune_epochs
+
+    def get_params(self) -> dict[str, Any]:
+        params = super().get_params()
+        params.update(
+            weights=self.weights,
+            fine_tune_learning_rate=float(self.fine_tune_learning_rate),
+            fine_tune_epochs=int(self.fine_tune_epochs),
+        )
+        return params
+
+    def check_spec(self, spec: FeatureSpec) -> None:
+        """Fine-tuning needs block4_pool maps made with the weights block5 will start from."""
+        if spec.layer != INPUT_LAYER:
+            raise DataError(
+                f"fine-tuning block5 needs a cache of {INPUT_LAYER} features; this cache holds "
+                f"{spec.layer}. Extract one with: extract --layer {INPUT_LAYER} ..."
+            )
+        from extractor.weights import resolve_weights, weights_sha256
+
+        ours = weights_sha256(resolve_weights(self.weights))
+        if ours != spec.weights_sha256:
+            raise DataError(
+                f"block5 would start from weights with sha256 {ours[:12]}..., but the cache was "
+                f"made with {spec.weights_sha256[:12]}...; pass the same --weights as extract"
+            )
+
+    def _build(self, input_shape: tuple[int, ...], n_classes: int) -> Any:
+        import keras
+
+        from extractor.weights import resolve_weights
+
+        side = int(input_shape[0]) * 16
+        vgg = keras.applications.VGG16(
+            include_top=False, weights=str(resolve_weights(self.weights)),
+            input_shape=(side, side, 3),
+        )
+        inputs = keras.Input(shape=input_shape, name="features")
+        x = inputs
+        for name in BLOCK5:
+            source = vgg.get_layer(name)
+            layer = type(source).from_config(source.get_config())
+            x = layer(x)
+            layer.set_weights(source.get_weights())
+        outputs = self._top(x, n_classes)
+        return keras.Model(inputs, outputs, name="block5_finetune")
+
+    def _phases(self) -> list[tuple[float, int]]:
+        return [(self.learning_rate, self.epochs),
+                (self.fine_tune_learning_rate, self.fine_tune_epochs)]
+
+    def _prepare_phase(self, model: Any, phase: int) -> None:
+        for name in BLOCK5:
+            model.get_layer(name).trainable = phase > 0

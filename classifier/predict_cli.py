@@ -1,0 +1,98 @@
+"""`predict`: label every image in a folder with a trained head, offline (local or Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from extractor.backbone import AUTO, RUNTIMES
+from extractor.cli import add_engine_args
+
+EPILOG = """\
+Every file under DIR (recursively) gets one row: path, label (the predicted class), one
+probability column per class (p_<class>) and error (why a file could not be used; its other
+columns are then empty). --out ending in .jsonl writes one JSON object per line instead.
+
+Features are cached in --cache (default DIR/.featcache/<settings>.h5, hidden from the folder
+scan): a second run over the same folder extracts only new files, then predicts. Pass
+--cache PATH to reuse a cache made by extract from the same folder, or when DIR is read-only.
+
+Exit status: 0 when every file got a prediction or an error row, 1 when the run failed,
+2 for bad arguments.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="predict",
+        description="Predict the class of every image in a folder with a trained head, "
+        "writing a CSV or JSON Lines file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--head", required=True, type=Path, help="artifact directory (train-head --out)")
+    p.add_argument("--dir", required=True, type=Path,
+                   help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                   help="predictions file, .csv or .jsonl (default: %(default)s)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="feature cache of DIR to reuse or create (default: "
+                   "DIR/.featcache/<settings>.h5)")
+    p.add_argument("--weights", default=None,
+                   help="VGG16 no-top weights the head was trained on (default: "
+                   "$FEATCACHE_WEIGHTS, else imagenet); checked against the head")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--runtime", choices=(AUTO, *RUNTIMES), default=AUTO,
+                   help="what runs the conv base, as for extract (default: %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress; errors only")
+    add_engine_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        build_parser().error(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.out.suffix.lower() not in (".csv", ".jsonl"):
+        build_parser().error(f"--out must end in .csv or .jsonl; got {args.out}")
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from classifier.artifact import load_head
+    from classifier.predict import default_cache, extract_for_head, predict_cache, write_predictions
+    from extractor.ray_engine import RayOptions
+
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        head = load_head(args.head)
+        if not args.dir.is_dir():
+            raise NotADirectoryError(f"--dir must be a folder of images; {args.dir} is not")
+        cache = args.cache or default_cache(args.dir, head)
+        extract_for_head(
+            head, args.dir, cache, weights=args.weights, batch_size=args.batch_size,
+            progress=progress, engine=args.engine, runtime=args.runtime,
+            ray_options=RayOptions(args.address, args.actors, args.shards_dir,
+                                   args.self_contained),
+        )
+        predictions = predict_cache(head, cache, args.dir, progress=progress)
+        write_predictions(predictions, head.classes_, args.out)
+    except KeyboardInterrupt:
+        print("\npredict: interrupted; extraction progress is saved in the cache",
+              file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 1
+    errors = sum(1 for p in predictions if p.error is not None)
+    if not args.quiet:
+        print(f"predict: {len(predictions)} files, {len(predictions) - errors} predicted, "
+              f"{errors} with errors -> {args.out} (cache {cache})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

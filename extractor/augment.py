@@ -1,0 +1,84 @@
+"""Random augmented views of an image, reproducible per (file bytes, view, seed).
+
+The augmentations are the recipe's (Keras's `ImageDataGenerator(rotation_range=40,
+width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
+horizontal_flip=True, fill_mode="nearest")`), applied to the decoded, resized pixels as that
+generator applies them. Keras 3 no longer exports that generator, so the affine transform is
+composed here and applied with `scipy.ndimage.affine_transform`.
+
+A view depends only on the image's SHA-256, the view index and the seed: never on file order,
+batch composition or which machine made it, so an interrupted or distributed run makes the same
+views as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    rotation_deg: float = 40.0
+    width_shift: float = 0.2  # fraction of the width
+    height_shift: float = 0.2  # fraction of the height
+    #: Degrees, as Keras's generator reads `shear_range` (so the recipe's 0.2 is a small shear).
+    shear_deg: float = 0.2
+    zoom: float = 0.2  # zoom factor drawn from [1 - zoom, 1 + zoom] per axis
+    horizontal_flip: bool = True
+
+    def describe(self) -> str:
+        return (
+            f"rotation={self.rotation_deg},width_shift={self.width_shift},"
+            f"height_shift={self.height_shift},shear_deg={self.shear_deg},zoom={self.zoom},"
+            f"hflip={self.horizontal_flip},fill=nearest"
+        )
+
+
+RECIPE = Augmentation()
+
+
+def view_rng(sha256: str, view: int, seed: int) -> np.random.Generator:
+    """The random stream for one view of one image."""
+    digest = hashlib.sha256(f"{sha256}:{view}:{seed}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def augment(
+    pixels: NDArray[np.uint8], rng: np.random.Generator, params: Augmentation = RECIPE
+) -> NDArray[np.uint8]:
+    """One random view of a (H, W, 3) uint8 image, same shape."""
+    from scipy import ndimage
+
+    h, w = pixels.shape[:2]
+    theta = np.deg2rad(rng.uniform(-params.rotation_deg, params.rotation_deg))
+    tx = rng.uniform(-params.height_shift, params.height_shift) * h
+    ty = rng.uniform(-params.width_shift, params.width_shift) * w
+    shear = np.deg2rad(rng.uniform(-params.shear_deg, params.shear_deg))
+    zx, zy = rng.uniform(1 - params.zoom, 1 + params.zoom, size=2)
+    flip = params.horizontal_flip and rng.random() < 0.5
+
+    # Output -> input coordinates (rows, cols), composed about the image centre as Keras does.
+    rotate = np.array([[np.cos(theta), -np.sin(theta), 0],
+                       [np.sin(theta), np.cos(theta), 0],
+                       [0, 0, 1]])
+    shift = np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
+    shear_m = np.array([[1, -np.sin(shear), 0], [0, np.cos(shear), 0], [0, 0, 1]])
+    zoom_m = np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]])
+    m = rotate @ shift @ shear_m @ zoom_m
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    to_centre = np.array([[1, 0, cy], [0, 1, cx], [0, 0, 1]])
+    from_centre = np.array([[1, 0, -cy], [0, 1, -cx], [0, 0, 1]])
+    m = to_centre @ m @ from_centre
+
+    src = pixels.astype(np.float32)
+    out = np.empty_like(src)
+    for c in range(src.shape[2]):
+        out[..., c] = ndimage.affine_transform(src[..., c], m[:2, :2], offset=m[:2, 2],
+                                               order=1, mode="nearest")
+    if flip:
+        out = out[:, ::-1]
+    return np.clip(out, 0, 255).round().astype(np.uint8)

@@ -1,0 +1,280 @@
+"""The Ray engine: the local engine's decode and conv base, spread over a Ray cluster.
+
+Ray Data reads the files' bytes (`read_binary_files`, so one corrupt image cannot fail the job
+as `read_images` would) and streams them to a pool of actors. Each actor builds the conv base
+once, decodes its batch with the same code as the local engine (`extractor.images`), runs the
+model and writes the batch as one shard (`extractor.shards`). The driver checks every shard and
+merges them into the cache through an HDF5 virtual dataset, so readers see one cache laid out
+as the local engine lays it out.
+
+Validation (`runner.plan`), file listing, labels and cache attributes are the local engine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from extractor import shards as sh
+from extractor.runner import (
+    ExtractError,
+    Options,
+    Summary,
+    _extra_attrs,
+    decode_bytes,
+    plan,
+)
+from extractor.spec import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = ("--engine ray needs Ray Data, which is not installed: "
+                "pip install 'featcache[ray]' (or pip install 'ray[data]>=2.40')")
+
+
+@dataclasses.dataclass
+class RayOptions:
+    #: Cluster to join (`ray://host:10001`, `host:6379`, `auto`); None: $RAY_ADDRESS if set,
+    #: else a local Ray started for this run.
+    address: str | None = None
+    #: Model actors; None: one per node.
+    actors: int | None = None
+    #: Where shards go; None: `<out>.shards/` beside the cache. Must be shared storage on a
+    #: cluster: every worker writes there and the driver reads it.
+    shards_dir: Path | None = None
+    #: Copy the features into the cache file and delete the shards afterwards.
+    self_contained: bool = False
+
+
+def require_ray() -> ModuleType:
+    """The `ray` module with Ray Data, or an `ExtractError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # Ray Data is the part we need; a bare ray install lacks it
+    except ImportError:
+        raise ExtractError(INSTALL_HINT) from None
+    return ray
+
+
+class ShardWriter:
+    """A Ray Data actor: bytes batch -> decoded -> conv base -> one shard. Returns a manifest."""
+
+    def __init__(self, weights: str, spec: dict[str, Any], root: str, out_dir: str,
+                 batch_size: int, threads: int) -> None:
+        from extractor.backbone import ConvBase
+
+        self.spec = FeatureSpec.from_dict(spec)
+        self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
+                             threads=threads)
+        diffs = self.spec.differences(self.conv.spec)
+        if diffs:
+            raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
+                               f"driver ({', '.join(diffs)}): give every node the same weights")
+        self.root = root.rstrip("/")
+        self.out_dir = Path(out_dir)
+        self.batch_size = batch_size
+
+    def _rel(self, path: str) -> str:
+        if path.startswith(self.root + "/"):
+            return path[len(self.root) + 1 :]
+        return Path(os.path.relpath(path, self.root)).as_posix()
+
+    def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        size = self.spec.input_size
+        items = [decode_bytes(self._rel(str(p)), bytes(b), size)
+                 for p, b in zip(batch["path"], batch["bytes"], strict=True)]
+        skipped = [(it.path, it.error) for it in items if it.error is not None]
+        good = sorted((it for it in items if it.error is None), key=lambda it: it.path)
+        first: dict[str, int] = {}
+        unique: list[NDArray[np.uint8]] = []
+        for it in good:
+            if it.sha256 not in first and it.pixels is not None:
+                first[it.sha256] = len(unique)
+                unique.append(it.pixels)
+        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
+                  for i in range(0, len(unique), self.batch_size)]
+        feats = (np.concatenate(chunks) if chunks
+                 else np.zeros((0, *self.spec.feature_shape), np.float32))
+        # Files with the same bytes share one forward pass, and each gets its own row.
+        rows = feats[[first[it.sha256] for it in good]] if good else feats
+        shard = sh.write_shard(self.out_dir, self.spec, [it.path for it in good],
+                               [it.sha256 for it in good], rows,
+                               [(p, r) for p, r in skipped if r is not None])
+        return {
+            "shard": np.array([str(shard)]),
+            "files": np.array([len(items)]),
+            "extracted": np.array([len(unique)]),
+            "duplicates": np.array([len(good) - len(unique)]),
+            "host": np.array([socket.gethostname()]),
+        }
+
+
+def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
+    """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there."""
+    ray_opts = ray_opts or RayOptions()
+    t0 = time.perf_counter()
+    listing, spec, weights_path = plan(opts)
+    sdir = ray_opts.shards_dir or sh.shards_dir(opts.out)
+    summary = Summary(out=opts.out, class_names=listing.class_names, runtime=spec.runtime)
+    for name in listing.ignored:
+        logger.warning("ignoring %s: files beside class folders belong to no class", name)
+
+    prior = sh.load_shards(sdir, spec)
+    base: sh.Shard | None = None
+    if opts.out.exists() and not sh.is_virtual(opts.out):
+        base = sh.read_shard(opts.out, spec)  # a self-contained cache: its rows count as done
+    done, retry = _done(listing.root, [*([base] if base else []), *prior])
+    todo = [p for p in listing.labels if p not in done or p in retry]
+    summary.already_cached = len(listing.labels) - len(todo)
+    summary.removed = len(done - set(listing.labels) - retry)
+
+    reported: list[Path] = []
+    if todo:
+        t_loop = time.perf_counter()
+        try:
+            reported = _extract(opts, ray_opts, listing.root, todo, spec, weights_path, sdir,
+                                summary)
+        finally:
+            summary.extract_s = time.perf_counter() - t_loop
+
+    shards = sh.load_shards(sdir, spec, expected=reported)
+    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec):
+        shards = sh.load_shards(sdir, spec)
+    if base is not None:
+        sdir.mkdir(parents=True, exist_ok=True)
+        moved = sdir / f"base-{time.time_ns()}.h5"
+        os.replace(opts.out, moved)  # mtime kept: older than every shard, so they win
+        shards.insert(0, sh.read_shard(moved, spec))
+    extra = {**_extra_attrs(opts, weights_path), "engine": "ray"}
+    summary.total, summary.skipped = sh.merge(
+        opts.out, shards, listing.labels, listing.class_names, spec, extra
+    )
+    if ray_opts.self_contained:
+        sh.make_self_contained(opts.out)
+        sh.remove_shards(sdir)
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _done(root: Path, shards: list[sh.Shard]) -> tuple[set[str], set[str]]:
+    """Paths the shards account for, and skipped ones changed since (tried again)."""
+    rows: set[str] = set()
+    skipped_at: dict[str, float] = {}
+    for shard in shards:
+        rows.update(shard.paths)
+        for p in shard.skipped:
+            skipped_at[p] = max(skipped_at.get(p, 0.0), shard.mtime)
+    retry = set()
+    for p, when in skipped_at.items():
+        if p in rows:
+            continue
+        try:
+            if (root / p).stat().st_mtime > when:
+                retry.add(p)
+        except OSError:
+            continue
+    return rows | set(skipped_at), retry
+
+
+def _actor_resources(ray: Any, actors: int | None) -> tuple[int, float]:
+    """(actors, CPUs each): leave one CPU per node to the read tasks, or they never run."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    per_node = [float(n["Resources"]["CPU"]) for n in nodes] or [1.0]
+    total = sum(per_node)
+    n = actors or len(per_node)
+    each = (total - len(per_node)) / n
+    each = min(each, max(per_node) - 1)
+    return n, max(0.25, math.floor(each * 4) / 4)
+
+
+def _extract(
+    opts: Options,
+    ray_opts: RayOptions,
+    root: Path,
+    todo: list[str],
+    spec: FeatureSpec,
+    weights_path: Path,
+    sdir: Path,
+    summary: Summary,
+) -> list[Path]:
+    from tqdm import tqdm
+
+    ray = require_ray()
+    started = False
+    if not ray.is_initialized():
+        if ray_opts.address is None and not os.environ.get("RAY_ADDRESS"):
+            logger.info("no --address or RAY_ADDRESS: starting a local Ray")
+        ray.init(address=ray_opts.address, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=opts.progress)
+        started = True
+    try:
+        ctx = ray.data.DataContext.get_current()
+        # In order, each shard holds one sorted run of paths: one virtual mapping per shard.
+        ctx.execution_options.preserve_order = True
+        # Our own bar counts files; Ray's bars and per-run INFO lines would interleave with it.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ctx.enable_progress_bars = False
+        n_actors, cpus = _actor_resources(ray, ray_opts.actors)
+        logger.info("Ray: %d actor(s) of %.2f CPU each", n_actors, cpus)
+        root_s = str(root.resolve())
+        sdir.mkdir(parents=True, exist_ok=True)
+        ds = ray.data.read_binary_files(
+            [f"{root_s}/{p}" for p in todo], include_paths=True, ignore_missing_paths=True
+        ).map_batches(
+            ShardWriter,
+            fn_constructor_kwargs=dict(
+                weights=str(weights_path), spec=spec.to_dict(), root=root_s,
+                out_dir=str(sdir.resolve()), batch_size=opts.batch_size,
+                threads=max(1, math.ceil(cpus)),
+            ),
+            batch_size=opts.checkpoint_every,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=cpus,
+        )
+        reported: list[Path] = []
+        bar = tqdm(total=len(todo), unit="img", disable=not opts.progress, dynamic_ncols=True)
+        with bar:
+            for row in ds.iter_rows():
+                reported.append(Path(str(row["shard"])))
+                summary.extracted += int(row["extracted"])
+                summary.duplicates += int(row["duplicates"])
+                bar.update(int(row["files"]))
+    finally:
+        if started:
+            ray.shutdown()
+    return reported
+
+
+def _record_vanished(
+    root: Path, todo: list[str], shards: list[sh.Shard], reported: list[Path], sdir: Path,
+    spec: FeatureSpec,
+) -> bool:
+    """Files gone before they were read become skipped rows; any other gap is an error."""
+    mine = {p.resolve() for p in reported}
+    seen: set[str] = set()
+    for shard in shards:
+        if shard.path.resolve() in mine:
+            seen.update(shard.paths)
+            seen.update(shard.skipped)
+    lost = [p for p in todo if p not in seen]
+    if not lost:
+        return False
+    present = [p for p in lost if (root / p).exists()]
+    if present:
+        raise ExtractError(f"{len(present)} file(s) came back from no worker (first: "
+                           f"{present[0]}); run the same command again to extract them")
+    empty = np.zeros((0, *spec.feature_shape), np.float32)
+    sh.write_shard(sdir, spec, [], [], empty,
+                   [(p, "unreadable file: gone before it was read") for p in lost])
+    return True

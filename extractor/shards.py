@@ -1,0 +1,288 @@
+"""Shard files and their merge into one cache through an HDF5 virtual dataset.
+
+A distributed run writes one shard per batch of files into `<cache>.shards/` (or a folder the
+user names). A shard has the cache's layout without `labels`:
+
+    /features         (K, H, W, C) float32, gzip level 1, the row of each path below
+    /paths, /sha256   (K,) the files the rows belong to (relative to the extracted folder)
+    /skipped/paths    (M,) files that could not be used ...
+    /skipped/reasons  (M,) ... and why
+    attributes        format = featcache-shard/1 and the feature spec
+
+A plain cache (`featcache/1`) has the same datasets, so a previous self-contained cache can be
+used as a shard too. `merge` writes the cache file itself: `labels`, `paths`, `sha256` and
+`/skipped` as ordinary datasets, and `features` as a virtual dataset that maps every row, in
+path order, onto a shard. Source file names are stored relative to the cache file's folder, so
+the cache and its shards folder can be moved together, never apart. A missing shard would read
+back as NaN (the fill value) with no error from HDF5, so every shard is opened and checked
+before the merged file is written, and `missing_sources` checks a merged file before use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from numpy.typing import NDArray
+
+from extractor.cache import (
+    FORMAT,
+    CacheError,
+    _atomic_h5,
+    _chunk_rows,
+    _commit,
+    _create_datasets,
+    _from_attr,
+    _set_attrs,
+    _strings,
+    _write_strings,
+)
+from extractor.spec import FeatureSpec
+
+logger = logging.getLogger(__name__)
+
+SHARD_FORMAT = "featcache-shard/1"
+
+
+class ShardError(CacheError):
+    """A shard is missing, unreadable, or made with other settings."""
+
+
+def shards_dir(cache_path: Path) -> Path:
+    """The default home of a cache's shards: `<cache>.shards/` beside it."""
+    return cache_path.with_name(cache_path.name + ".shards")
+
+
+def shard_name(paths: Sequence[str]) -> str:
+    """A name fixed by the files a shard holds, so a retried task overwrites its own shard."""
+    digest = hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()[:20]
+    return f"shard-{digest}.h5"
+
+
+def write_shard(
+    directory: Path,
+    spec: FeatureSpec,
+    paths: Sequence[str],
+    sha256: Sequence[str],
+    features: NDArray[np.float32],
+    skipped: Sequence[tuple[str, str]],
+) -> Path:
+    """Write one shard atomically (temporary name, then rename) and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / shard_name([*paths, *(p for p, _ in skipped)])
+    tmp, f = _atomic_h5(path)
+    with f:
+        for key, value in spec.to_dict().items():
+            f.attrs[key] = value
+        f.attrs["format"] = SHARD_FORMAT
+        n = len(paths)
+        feats = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
+        _create_datasets(f, n, spec.feature_shape)
+        if n:
+            f["features"][:] = feats
+        _write_strings(f, "paths", paths)
+        _write_strings(f, "sha256", sha256)
+        grp = f.create_group("skipped")
+        _write_strings(grp, "paths", [p for p, _ in skipped])
+        _write_strings(grp, "reasons", [r for _, r in skipped])
+    _commit(tmp, path)
+    return path
+
+
+@dataclasses.dataclass
+class Shard:
+    path: Path
+    paths: list[str]
+    sha256: list[str]
+    skipped: dict[str, str]
+    mtime: float
+
+
+def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
+    """Open and check one shard: readable, a shard or cache, rows complete, same settings."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} is missing") from None
+    except OSError as exc:
+        raise ShardError(f"shard {path} is not a readable HDF5 file ({exc})") from None
+    with f:
+        attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
+        if attrs.get("format") not in (SHARD_FORMAT, FORMAT):
+            raise ShardError(f"{path} is not a shard (attribute format is {attrs.get('format')!r})")
+        if f["features"].is_virtual:
+            raise ShardError(f"{path} is itself a merged cache, not a shard")
+        paths, sha = _strings(f["paths"]), _strings(f["sha256"])
+        if f["features"].shape[0] != len(paths) or len(sha) != len(paths):
+            raise ShardError(f"shard {path} is incomplete: {f['features'].shape[0]} feature rows "
+                             f"for {len(paths)} paths")
+        if spec is not None:
+            diffs = spec.differences(FeatureSpec.from_dict(attrs))
+            if diffs:
+                raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
+                                 " delete it or use another shards folder")
+        skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
+                           strict=True))
+    return Shard(path, paths, sha, skipped, path.stat().st_mtime)
+
+
+def list_shards(directory: Path) -> list[Path]:
+    """Complete shard files in `directory` (temporary files of unfinished writes excluded)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.h5") if not p.name.startswith("."))
+
+
+def load_shards(
+    directory: Path, spec: FeatureSpec | None, expected: Sequence[Path] = ()
+) -> list[Shard]:
+    """Every shard in `directory`, oldest first, checked; each of `expected` must be there.
+
+    `expected` lists the shards this run's workers reported: one the driver cannot see (a
+    worker wrote it to a disk of its own) is an error here rather than NaN rows later.
+    """
+    found = {p.resolve() for p in list_shards(directory)}
+    missing = [p for p in expected if Path(p).resolve() not in found]
+    if missing:
+        raise ShardError(
+            f"{len(missing)} shard(s) reported by the workers are not in {directory} as the "
+            f"driver sees it (first: {missing[0]}). Shards must live on storage that every "
+            "node and the driver can read (--shards-dir on a shared file system)"
+        )
+    shards = [read_shard(p, spec) for p in list_shards(directory)]
+    return sorted(shards, key=lambda s: (s.mtime, s.path.name))
+
+
+@dataclasses.dataclass
+class _Row:
+    sha256: str
+    shard: int
+    index: int
+
+
+def merge(
+    cache_path: Path,
+    shards: Sequence[Shard],
+    labels: Mapping[str, int],
+    class_names: Sequence[str],
+    spec: FeatureSpec,
+    extra_attrs: Mapping[str, Any],
+) -> tuple[int, list[tuple[str, str]]]:
+    """Write `cache_path` as a virtual dataset over `shards`; return (rows, skipped files).
+
+    Only paths in `labels` (the folder as scanned now) are kept, sorted as the local engine
+    sorts them. When shards disagree about a path, a row beats a skip and the newest shard wins.
+    """
+    rows: dict[str, _Row] = {}
+    skipped: dict[str, str] = {}
+    for k, shard in enumerate(shards):
+        for i, (p, s) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
+            rows[p] = _Row(s, k, i)
+        skipped.update(shard.skipped)
+    keep = sorted(p for p in rows if p in labels)
+    skip_keep = sorted(p for p in skipped if p in labels and p not in rows)
+    n = len(keep)
+    base = cache_path.parent
+    tmp, out = _atomic_h5(cache_path)
+    with out:
+        _set_attrs(out, spec, class_names, extra_attrs)
+        if n:
+            layout = h5py.VirtualLayout(shape=(n, *spec.feature_shape), dtype=np.float32)
+            for dst, src, count, k in _runs([rows[p] for p in keep]):
+                shard = shards[k]
+                source = h5py.VirtualSource(
+                    os.path.relpath(shard.path, base), "features",
+                    shape=(len(shard.paths), *spec.feature_shape),
+                )
+                layout[dst : dst + count] = source[src : src + count]
+            # NaN, not 0: ReLU features are mostly zeros, so a zero fill would pass for data.
+            out.create_virtual_dataset("features", layout, fillvalue=np.nan)
+        else:
+            _create_datasets(out, 0, spec.feature_shape)
+        out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
+        _write_strings(out, "paths", keep)
+        _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
+        grp = out.create_group("skipped")
+        _write_strings(grp, "paths", skip_keep)
+        _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
+    _commit(tmp, cache_path)
+    return n, [(p, skipped[p]) for p in skip_keep]
+
+
+def _runs(rows: Sequence[_Row]) -> list[tuple[int, int, int, int]]:
+    """(destination start, source start, length, shard) of each run of consecutive rows."""
+    runs: list[tuple[int, int, int, int]] = []
+    for dst, row in enumerate(rows):
+        if runs:
+            d0, s0, count, k = runs[-1]
+            if k == row.shard and s0 + count == row.index:
+                runs[-1] = (d0, s0, count + 1, k)
+                continue
+        runs.append((dst, row.index, 1, row.shard))
+    return runs
+
+
+def is_virtual(cache_path: Path) -> bool:
+    with h5py.File(cache_path, "r") as f:
+        return bool("features" in f and f["features"].is_virtual)
+
+
+def missing_sources(cache_path: Path) -> list[Path]:
+    """Shard files a merged cache maps rows onto that cannot be opened (empty: all there)."""
+    with h5py.File(cache_path, "r") as f:
+        ds = f["features"]
+        if not ds.is_virtual:
+            return []
+        names = sorted({m.file_name for m in ds.virtual_sources()})
+    missing = []
+    for name in names:
+        path = cache_path.parent / name
+        try:
+            with h5py.File(path, "r") as src:
+                src["features"]  # opening the dataset is the check
+        except (OSError, KeyError):
+            missing.append(path)
+    return missing
+
+
+def check_sources(cache_path: Path) -> None:
+    """Raise `ShardError` when a merged cache's shards are not all readable."""
+    missing = missing_sources(cache_path)
+    if missing:
+        raise ShardError(
+            f"{cache_path} is a merged cache whose rows live in shard files, and "
+            f"{len(missing)} of them cannot be read (first: {missing[0]}); its features would "
+            "read back as NaN. Keep the cache next to its shards folder, or run extract again "
+            "to re-extract the files they held"
+        )
+
+
+def make_self_contained(cache_path: Path) -> None:
+    """Replace a merged cache by a plain copy holding its features (then shards are not needed)."""
+    check_sources(cache_path)
+    tmp, out = _atomic_h5(cache_path)
+    with h5py.File(cache_path, "r") as src, out:
+        for key, value in src.attrs.items():
+            out.attrs[key] = value
+        feats = src["features"]
+        n, shape = feats.shape[0], feats.shape[1:]
+        _create_datasets(out, n, shape)
+        step = max(1024, _chunk_rows(shape))
+        for start in range(0, n, step):
+            out["features"][start : start + step] = feats[start : start + step]
+        for name in ("labels", "paths", "sha256", "skipped"):
+            src.copy(src[name], out, name)
+    _commit(tmp, cache_path)
+
+
+def remove_shards(directory: Path) -> None:
+    if directory.is_dir():
+        shutil.rmtree(directory)

@@ -1,0 +1,72 @@
+"""Injected dependencies: routes declare what they need with these `Annotated` aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.app_state import AppState
+from service.config import Settings
+from service.errors import NotReadyError, UnauthorizedError
+from service.heads import Head
+from service.predictor import Predictor
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.featcache
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_predictor(state: StateDep) -> Predictor:
+    if state.predictor is None:
+        raise NotReadyError(state.load_error or "the model is still loading; retry shortly")
+    return state.predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def get_head(
+    predictor: PredictorDep,
+    head: Annotated[str | None, Query(description="Head name (default: the first)")] = None,
+) -> Head:
+    return predictor.heads.get(head)
+
+
+HeadDep = Annotated[Head, Depends(get_head)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                               description="Needed when the server has FEATCACHE_API_KEY set")
+_bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    header_key: Annotated[str | None, Security(_api_key_header)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+) -> None:
+    """When an API key is configured, the request must carry it (X-API-Key or Bearer)."""
+    if settings.api_key is None:
+        return
+    given = header_key or (bearer.credentials if bearer is not None else None)
+    if given is None:
+        raise UnauthorizedError("an API key is required: send it in the X-API-Key header")
+    expected = settings.api_key.get_secret_value()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise UnauthorizedError("invalid API key")
+
+
+ApiKey = Depends(require_api_key)

@@ -1,0 +1,154 @@
+"""Micro-batching: concurrent requests' images gathered into one forward pass of the conv base.
+
+One worker thread owns the model: it is built there, warmed there, and every forward pass runs
+there, so the model is never called from two threads and the event loop never blocks on it.
+An asyncio task on the event loop collects queued images into batches:
+
+- it sleeps until at least one image is queued;
+- if fewer than `max_batch_size` are queued it waits up to `max_wait_ms` for more (cut short
+  the moment the batch is full);
+- it takes up to `max_batch_size` images, runs them as one batch on the model thread, and hands
+  each request its own row.
+
+While a forward pass runs, new requests keep queueing, so under load batches fill by themselves
+even with `max_wait_ms=0`; the wait only matters for requests arriving close together at idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+FeatureFn = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class BatchTimings:
+    queue_ms: float
+    forward_ms: float
+    batch_size: int
+
+
+@dataclasses.dataclass
+class _Item:
+    pixels: NDArray[np.uint8]
+    future: asyncio.Future[tuple[NDArray[np.float32], BatchTimings]]
+    queued_at: float
+
+
+class ModelWorker:
+    """The one thread that owns the model; `run` hands it work from the event loop."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featcache-model")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class MicroBatcher:
+    """Queue single images; get back their features, computed in shared forward passes."""
+
+    def __init__(
+        self, fn: FeatureFn, worker: ModelWorker, *, max_batch_size: int, max_wait_ms: float,
+        metrics: Metrics,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1; got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0; got {max_wait_ms}")
+        self._fn = fn
+        self._worker = worker
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._metrics = metrics
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Forward passes run and images through them since start (tests and benchmarks read these).
+        self.forward_passes = 0
+        self.images = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._pending:
+            item = self._pending.popleft()
+            if not item.future.done():
+                item.future.cancel()
+
+    async def submit(self, pixels: NDArray[np.uint8]) -> tuple[NDArray[np.float32], BatchTimings]:
+        """Features of one (H, W, 3) uint8 image, and how long it queued and computed."""
+        if self._task is None:
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        item = _Item(pixels, loop.create_future(), time.perf_counter())
+        self._pending.append(item)
+        self._wakeup.set()
+        if len(self._pending) >= self.max_batch_size:
+            self._full.set()
+        return await item.future
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if len(self._pending) < self.max_batch_size and self.max_wait_s > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+            batch: list[_Item] = []
+            while self._pending and len(batch) < self.max_batch_size:
+                item = self._pending.popleft()
+                if not item.future.cancelled():  # its client went away
+                    batch.append(item)
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            features = await self._worker.run(self._fn, np.stack([it.pixels for it in batch]))
+        except Exception as exc:
+            logger.exception("forward pass of %d images failed", len(batch))
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        forward_s = time.perf_counter() - started
+        self.forward_passes += 1
+        self.images += len(batch)
+        self._metrics.forward_batch_size.observe(len(batch))
+        self._metrics.forward_seconds.observe(forward_s)
+        for row, it in zip(features, batch, strict=True):
+            if not it.future.done():
+                timings = BatchTimings((started - it.queued_at) * 1000.0, forward_s * 1000.0,
+                                       len(batch))
+                it.future.set_result((row, timings))

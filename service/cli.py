@@ -1,0 +1,109 @@
+"""`serve`: the prediction server (uvicorn) for one or more trained heads."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings
+
+EPILOG = """\
+Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
+(FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_MAX_BATCH_SIZE,
+FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_SIZE, FEATCACHE_MAX_UPLOAD_BYTES, ...);
+options given here win. The API key is read from the environment only, never from the command
+line, where other users could see it.
+
+Endpoints: POST /predict, POST /predict/batch, GET /heads, GET /metrics, GET /health, GET /ready,
+and the OpenAPI docs at /docs.
+
+Exit status: 0 after a clean shutdown, 1 when the heads or the model cannot be loaded, 2 for bad
+arguments.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve trained heads over HTTP: image in, label and probabilities out.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--head", dest="heads", action="append", type=Path, metavar="DIR",
+                   help="head folder written by train-head; repeat to serve several (the first "
+                   "is the default)")
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
+    p.add_argument("--weights", help="'imagenet' or a path to the VGG16 no-top weights "
+                   "(default: $FEATCACHE_WEIGHTS, else imagenet)")
+    p.add_argument("--max-batch-size", type=int, help="most images per forward pass")
+    p.add_argument("--max-wait-ms", type=float,
+                   help="how long to wait for more images to fill a batch")
+    p.add_argument("--feature-cache-size", type=int,
+                   help="images whose features are kept in memory (0 disables the cache)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
+                   help="skip the warm-up forward pass before reporting ready")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"serve: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    if not settings.heads:
+        print("serve: error: no head to serve; pass --head heads/NAME or set FEATCACHE_HEADS",
+              file=sys.stderr)
+        return 2
+
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import uvicorn
+
+    from service.app import create_app
+
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_failure(exc: BaseException) -> None:
+        failures.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_on_failure)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level.lower(), log_config=None,
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan start-up fails
+        if exc.code not in (0, None):
+            return 1
+    except KeyboardInterrupt:
+        # uvicorn shut down gracefully on Ctrl-C, then re-raised it for us: a clean stop.
+        pass
+    if failures or not server.started:
+        # The lifespan has logged why (a bad head, a spec mismatch, missing weights).
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The service's errors. Each class carries the HTTP status and the code its response shows.
+
+    ServiceError (500 internal_error: generic body, traceback logged)
+    ├── InvalidRequestError (422 invalid_request)
+    │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
+    │   └── ImageTooLargeError (413 image_too_large): more pixels than allowed (decompression bomb)
+    ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
+    ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
+    ├── UnauthorizedError (401 unauthorized): API key missing or wrong
+    ├── UnknownHeadError (404 unknown_head)
+    └── NotReadyError (503 not_ready): the model is still loading, or failed to
+    StartupError: a head or the weights cannot be served; raised at startup, never over HTTP
+    └── HeadSpecMismatchError: a head's features were made differently from the loaded base
+
+Every error response has the same body: {"error": {"code": ..., "message": ...}}, plus
+"details" for request validation errors.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class ServiceError(Exception):
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequestError(ServiceError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = "invalid_request"
+
+
+class InvalidImageError(InvalidRequestError):
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InvalidRequestError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "image_too_large"
+
+
+class UploadTooLargeError(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "upload_too_large"
+
+
+class TooManyFilesError(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_many_files"
+
+
+class UnauthorizedError(ServiceError):
+    status = HTTPStatus.UNAUTHORIZED
+    code = "unauthorized"
+
+
+class UnknownHeadError(ServiceError):
+    status = HTTPStatus.NOT_FOUND
+    code = "unknown_head"
+
+
+class NotReadyError(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "not_ready"
+
+
+class StartupError(RuntimeError):
+    """The service cannot start with these settings; the message says what to change."""
+
+
+class HeadSpecMismatchError(StartupError):
+    """A head was trained on features made differently from those the loaded base makes."""

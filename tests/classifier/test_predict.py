@@ -1,0 +1,87 @@
+"""`predict`: one row per file, equal to the head's predictions on the folder's cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.predict_cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def head_dir(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A logistic-regression head trained on the real features of `small_image_dir`."""
+    from classifier.training import train
+
+    return train(small_cache, tmp_path_factory.mktemp("heads") / "logreg", head="logreg")
+
+
+def test_predict_equals_evaluate_on_the_same_images(
+    head_dir: Path, small_cache: Path, small_image_dir: Path, tmp_path: Path
+) -> None:
+    from classifier.artifact import load_head
+    from classifier.evaluation import evaluate
+    from extractor import open_cache
+
+    images = tmp_path / "images"
+    shutil.copytree(small_image_dir, images)
+    (images / "defective" / "zz-notes.png").write_text("not an image")
+    (images / "README.txt").write_text("beside the class folders")
+    cache = tmp_path / "cache.h5"
+    shutil.copy(small_cache, cache)  # the folder's existing cache: only the new file is run
+    out = tmp_path / "predictions.csv"
+    assert main(["--head", str(head_dir), "--dir", str(images), "--cache", str(cache),
+                 "--out", str(out), "--runtime", "keras", "-q"]) == 0
+
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    head = load_head(head_dir)
+    assert list(rows[0]) == ["path", "label", *(f"p_{c}" for c in head.classes_), "error"]
+    by_path = {r["path"]: r for r in rows}
+    assert [r["path"] for r in rows] == sorted(by_path)
+    assert by_path["defective/zz-notes.png"]["error"] == "not an image (unrecognised format)"
+    assert by_path["defective/zz-notes.png"]["label"] == ""
+    assert "sub-folder" in by_path["README.txt"]["error"]
+
+    with open_cache(small_cache) as c:
+        feats, labels = c.read()
+        paths, names = c.paths, c.class_names
+    proba = head.predict_proba(feats)
+    assert len(rows) == len(paths) + 2
+    for path, p in zip(paths, proba, strict=True):
+        row = by_path[path]
+        assert row["error"] == "" and row["label"] == head.classes_[int(np.argmax(p))]
+        got = [float(row[f"p_{c}"]) for c in head.classes_]
+        np.testing.assert_allclose(got, p, rtol=0, atol=1e-12)
+    truth = {p: names[y] for p, y in zip(paths, labels, strict=True)}
+    accuracy = np.mean([by_path[p]["label"] == truth[p] for p in paths])
+    assert accuracy == pytest.approx(evaluate(head_dir, small_cache)["accuracy"])
+
+    # Second run: the cache is up to date, so nothing is extracted and the file is kept as is.
+    before = cache.stat().st_mtime_ns
+    jsonl = tmp_path / "predictions.jsonl"
+    assert main(["--head", str(head_dir), "--dir", str(images), "--cache", str(cache),
+                 "--out", str(jsonl), "-q"]) == 0
+    assert cache.stat().st_mtime_ns == before
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [d["path"] for d in lines] == [r["path"] for r in rows]
+    for d in lines:
+        row = by_path[d["path"]]
+        assert d["label"] == (row["label"] or None) and d["error"] == (row["error"] or None)
+        if d["probabilities"] is not None:
+            assert d["probabilities"] == {c: float(row[f"p_{c}"]) for c in head.classes_}
+
+
+def test_predict_refuses_a_bad_out_name(head_dir: Path, small_image_dir: Path,
+                                        tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--head", str(head_dir), "--dir", str(small_image_dir),
+              "--out", str(tmp_path / "p.txt")])
+    assert exc.value.code == 2

@@ -1,0 +1,88 @@
+"""Augmented views: reproducible per image and seed, distinct, and grouped with their image."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import SIZE, fake_features, make_folder, opts
+from imagegen import gradient
+from PIL import Image
+
+from extractor import open_cache
+from extractor.augment import augment, view_rng
+from extractor.runner import ExtractError, run
+
+
+def test_views_are_deterministic_and_distinct() -> None:
+    pixels = gradient(64, 64, seed=3)
+    a = augment(pixels, view_rng("abc", 1, seed=0))
+    assert a.shape == pixels.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, augment(pixels, view_rng("abc", 1, seed=0)))
+    assert not np.array_equal(a, pixels)
+    assert not np.array_equal(a, augment(pixels, view_rng("abc", 2, seed=0)))
+    assert not np.array_equal(a, augment(pixels, view_rng("abc", 1, seed=1)))
+
+
+def test_identity_parameters_leave_the_image_alone() -> None:
+    from extractor.augment import Augmentation
+
+    none = Augmentation(0, 0, 0, 0, 0, horizontal_flip=False)
+    pixels = gradient(40, 40, seed=1)
+    np.testing.assert_array_equal(augment(pixels, view_rng("x", 1, 0), none), pixels)
+
+
+def test_cache_rows_hold_each_image_then_its_views(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    shutil.copy(folder / "cat" / "cat000.png", folder / "dog" / "same-bytes.png")
+    out = tmp_path / "f.h5"
+    summary = run(opts(folder, out, augment=2, batch_size=4), features_fn=fake_features)
+    assert summary.total == 7 and summary.extracted == 6 and summary.duplicates == 1
+    with open_cache(out) as cache:
+        paths, views = cache.paths, cache.views.tolist()
+        x, y = cache.read()
+        assert len(cache) == 21
+        assert cache.augmentation.views == 2
+        assert paths[:3] == ["cat/cat000.png"] * 3 and views[:3] == [0, 1, 2]
+        assert sorted(zip(paths, views, strict=True)) == list(zip(paths, views, strict=True))
+        # Views are different pictures of the same image, with the image's label.
+        assert len({float(v) for v in x[:3, 0, 0, 0]}) == 3
+        assert y[:3].tolist() == [0, 0, 0]
+        # A file with the same bytes shares every view, and keeps its own label.
+        a = [i for i, p in enumerate(paths) if p == "cat/cat000.png"]
+        b = [i for i, p in enumerate(paths) if p == "dog/same-bytes.png"]
+        np.testing.assert_array_equal(x[a], x[b])
+        assert set(y[b].tolist()) == {1}
+
+
+def test_views_do_not_depend_on_batching_or_order(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    run(opts(folder, tmp_path / "a.h5", augment=2, batch_size=1), features_fn=fake_features)
+    run(opts(folder, tmp_path / "b.h5", augment=2, batch_size=7, workers=1),
+        features_fn=fake_features)
+    with open_cache(tmp_path / "a.h5") as a, open_cache(tmp_path / "b.h5") as b:
+        np.testing.assert_array_equal(a.read()[0], b.read()[0])
+
+
+def test_other_augment_settings_are_refused(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, augment=2), features_fn=fake_features)
+    with pytest.raises(ExtractError, match="augmented views"):
+        run(opts(folder, out, augment=3), features_fn=fake_features)
+    with pytest.raises(ExtractError, match="augmented views"):
+        run(opts(folder, out, augment=2, augment_seed=1), features_fn=fake_features)
+    Image.fromarray(gradient(70, 70, seed=42)).save(folder / "cat" / "new.png")
+    summary = run(opts(folder, out, augment=2), features_fn=fake_features)
+    assert summary.extracted == 1
+    with open_cache(out) as cache:
+        assert len(cache) == 5 * 3
+
+
+def test_size_is_the_extractors(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=1)
+    run(opts(folder, tmp_path / "f.h5", augment=1), features_fn=fake_features)
+    with open_cache(tmp_path / "f.h5") as cache:
+        assert cache.spec.input_size == SIZE

@@ -1,0 +1,202 @@
+"""The Ray engine: shards merged through a virtual dataset, equal to the local engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from extractor import FeatureSpec, open_cache, write_cache
+from extractor import shards as sh
+from extractor.runner import ExtractError, Options
+
+SPEC = FeatureSpec(backbone="vgg16", weights_sha256="x" * 64, layer="block5_pool",
+                   input_size=150, preprocessing="p", feature_shape=(2, 2, 3))
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *SPEC.feature_shape), dtype=np.float32)
+
+
+@pytest.fixture
+def two_shards(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """Two shards of a 2-class folder (one skip each), written out of path order."""
+    sdir = sh.shards_dir(tmp_path / "c.h5")
+    a, b = _rows(3, 0), _rows(2, 1)
+    sh.write_shard(sdir, SPEC, ["b/1.png", "b/2.png", "b/3.png"], ["s1", "s2", "s3"], a,
+                   [("b/bad.png", "not an image")])
+    sh.write_shard(sdir, SPEC, ["a/1.png", "a/2.png"], ["s4", "s5"], b,
+                   [("a/empty.png", "empty file (0 bytes)")])
+    paths = ["a/1.png", "a/2.png", "b/1.png", "b/2.png", "b/3.png"]
+    labels = {p: int(p[0] == "b") for p in [*paths, "a/empty.png", "b/bad.png"]}
+    expected = dict(paths=paths, feats=np.concatenate([b, a]), labels=labels,
+                    sha=["s4", "s5", "s1", "s2", "s3"],
+                    skipped=[("a/empty.png", "empty file (0 bytes)"),
+                             ("b/bad.png", "not an image")])
+    return tmp_path / "c.h5", expected
+
+
+def _merge(cache: Path, exp: dict[str, Any]) -> None:
+    shards = sh.load_shards(sh.shards_dir(cache), SPEC)
+    sh.merge(cache, shards, exp["labels"], ["a", "b"], SPEC, {"source_dir": "/x"})
+
+
+def test_merged_cache_reads_like_a_plain_one(two_shards, tmp_path: Path) -> None:
+    cache, exp = two_shards
+    _merge(cache, exp)
+    plain = write_cache(tmp_path / "plain.h5", exp["feats"], [0, 0, 1, 1, 1], exp["paths"],
+                        SPEC, ["a", "b"], exp["sha"], exp["skipped"])
+    assert sh.is_virtual(cache) and not sh.is_virtual(plain)
+    with open_cache(cache) as m, open_cache(plain) as p:
+        assert m.paths == p.paths == exp["paths"]
+        assert m.sha256 == p.sha256 and m.skipped == p.skipped == exp["skipped"]
+        assert m.labels.tolist() == p.labels.tolist()
+        assert m.class_names == p.class_names and m.spec == p.spec
+        np.testing.assert_array_equal(m.read()[0], p.read()[0])
+        np.testing.assert_array_equal(m.read([4, 0, 2])[0], exp["feats"][[4, 0, 2]])
+    with h5py.File(cache, "r") as f:  # plain h5py, no featcache code
+        np.testing.assert_array_equal(f["features"][:], exp["feats"])
+        # One mapping per shard: rows are in path order and each shard is one sorted run.
+        assert len(f["features"].virtual_sources()) == 2
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(cache, moved / cache.name)
+    shutil.move(sh.shards_dir(cache), sh.shards_dir(moved / cache.name))
+    with open_cache(moved / cache.name) as m:
+        np.testing.assert_array_equal(m.read()[0], exp["feats"])
+
+    sh.make_self_contained(moved / cache.name)
+    sh.remove_shards(sh.shards_dir(moved / cache.name))
+    assert not sh.is_virtual(moved / cache.name)
+    with open_cache(moved / cache.name) as m:
+        np.testing.assert_array_equal(m.read()[0], exp["feats"])
+        assert m.skipped == exp["skipped"] and m.paths == exp["paths"]
+
+
+def test_missing_shard_is_detected(two_shards) -> None:
+    cache, exp = two_shards
+    sdir = sh.shards_dir(cache)
+    # A worker reported a shard the driver cannot see (a disk of its own): refused at merge.
+    with pytest.raises(sh.ShardError, match="storage that every node and the driver can read"):
+        sh.load_shards(sdir, SPEC, expected=[sdir / "shard-elsewhere.h5"])
+    assert not cache.exists()
+
+    _merge(cache, exp)
+    victim = sh.list_shards(sdir)[0]
+    victim.unlink()
+    # HDF5 itself reads the lost rows as the fill value, silently; check_sources catches it.
+    with h5py.File(cache, "r") as f:
+        assert np.isnan(f["features"][:]).any()
+    assert sh.missing_sources(cache) == [victim]
+    with pytest.raises(sh.ShardError, match="cannot be read"):
+        sh.check_sources(cache)
+
+
+def test_shards_made_differently_are_refused(two_shards) -> None:
+    cache, _ = two_shards
+    other = FeatureSpec(**{**SPEC.to_dict(), "layer": "block4_pool",
+                           "feature_shape": (4, 4, 3)})
+    with pytest.raises(sh.ShardError, match="other settings"):
+        sh.load_shards(sh.shards_dir(cache), other)
+
+
+def test_without_ray_the_message_says_how_to_install(
+    small_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from extractor.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    rc = main(["--dir", str(small_image_dir), "--out", str(tmp_path / "c.h5"), "--engine", "ray",
+               "-q"])
+    assert rc == 1
+    assert "pip install 'featcache[ray]'" in capsys.readouterr().err
+    from extractor.ray_engine import require_ray
+
+    with pytest.raises(ExtractError, match=r"featcache\[ray\]"):
+        require_ray()
+
+
+# --------------------------------------------------------------------------- on Ray, real model
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One small local Ray for the session: 2 CPUs, no dashboard, files under a temp dir."""
+    import ray
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes a token under the home folder
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+                 _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
+    yield ray
+    if started:
+        ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
+
+
+def _folder(elpv_dir: Path, root: Path, n: int) -> Path:
+    """n real images per class, a duplicate, and three files that are not usable images."""
+    for cls in ("defective", "functional"):
+        (root / cls).mkdir(parents=True)
+        for src in sorted((elpv_dir / "train" / cls).iterdir())[:n]:
+            shutil.copy(src, root / cls / src.name)
+    first = sorted((root / "defective").iterdir())[0]
+    shutil.copy(first, root / "functional" / "copy-of-defective.png")
+    (root / "defective" / "notes.png").write_text("not an image")
+    (root / "functional" / "empty.png").write_bytes(b"")
+    (root / "functional" / "truncated.png").write_bytes(first.read_bytes()[:300])
+    return root
+
+
+@pytest.mark.slow
+def test_ray_engine_equals_local_engine_and_resumes(
+    local_ray: Any, elpv_dir: Path, weights_path: Path, tmp_path: Path
+) -> None:
+    from extractor import ray_engine
+    from extractor.runner import run
+
+    images = _folder(elpv_dir, tmp_path / "images", 3)
+    late = sorted((elpv_dir / "validation" / "functional").iterdir())[0]
+    common = dict(directory=images, weights=str(weights_path), runtime="keras", progress=False)
+
+    ray_out = tmp_path / "ray.h5"
+    first = ray_engine.run(Options(out=ray_out, checkpoint_every=3, **common),  # type: ignore[arg-type]
+                           ray_engine.RayOptions(actors=1))
+    # Equal bytes share a forward pass within a shard; across shards they run again.
+    assert first.extracted + first.duplicates == 7 and len(first.skipped) == 3
+    shard_files = sh.list_shards(sh.shards_dir(ray_out))
+    assert len(shard_files) >= 3  # one per batch of 3 files
+
+    shutil.copy(late, images / "functional" / late.name)  # resume: only the new file runs
+    second = ray_engine.run(Options(out=ray_out, checkpoint_every=3, **common),  # type: ignore[arg-type]
+                            ray_engine.RayOptions(actors=1))
+    assert (second.extracted, second.already_cached) == (1, 10)
+
+    local_out = tmp_path / "local.h5"
+    run(Options(out=local_out, **common))  # type: ignore[arg-type]
+    with open_cache(ray_out) as r, open_cache(local_out) as lo:
+        assert r.paths == lo.paths and len(r) == 8
+        assert r.sha256 == lo.sha256 and r.labels.tolist() == lo.labels.tolist()
+        assert r.skipped == lo.skipped and [p for p, _ in r.skipped] == [
+            "defective/notes.png", "functional/empty.png", "functional/truncated.png"]
+        assert r.spec == lo.spec and r.class_names == lo.class_names
+        ours, theirs = r.attrs, lo.attrs
+        assert {k for k in ours if ours[k] != theirs.get(k)} == {"created", "engine"}
+        rf, lf = r.read()[0], lo.read()[0]
+        assert not np.isnan(rf).any()
+        np.testing.assert_allclose(rf, lf, rtol=1e-5, atol=1e-4)

@@ -1,0 +1,183 @@
+"""The runtime choice: ONNX Runtime features equal the Keras reference; the export cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from extractor import backbone as bb
+from extractor import onnx_runtime
+from extractor.images import decode_image
+
+needs_ort = pytest.mark.skipif(not onnx_runtime.available(), reason="onnxruntime not installed")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("featcache_home")
+
+
+@pytest.fixture
+def onnx_home(onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Exports go to a temporary FEATCACHE_HOME shared by this module's tests, never ~/.cache."""
+    monkeypatch.setenv(onnx_runtime.HOME_ENV, str(onnx_dir))
+    return onnx_dir / "onnx"
+
+
+def _real_pixels(elpv_dir: Path, per_folder: int = 4) -> np.ndarray:
+    files = []
+    for split in ("train", "validation"):
+        for cls in ("defective", "functional"):
+            files += sorted((elpv_dir / split / cls).glob("*.png"))[:per_folder]
+    return np.stack([decode_image(f.read_bytes(), 150) for f in files])
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def test_resolve_runtime(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    assert bb.resolve_runtime("keras") == "keras"
+    with pytest.raises(ValueError, match="unknown runtime 'tflite'"):
+        bb.resolve_runtime("tflite")
+    monkeypatch.setattr(onnx_runtime, "available", lambda: True)
+    monkeypatch.setattr(bb, "_avx512_tensorflow", lambda: True)
+    assert bb.resolve_runtime("auto") == "keras"
+    monkeypatch.setattr(bb, "_avx512_tensorflow", lambda: False)
+    assert bb.resolve_runtime("auto") == "onnxruntime"
+    monkeypatch.setattr(onnx_runtime, "available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="extractor.backbone"):
+        assert bb.resolve_runtime("auto") == "keras"
+    assert "is not installed" in caplog.text
+    with pytest.raises(ValueError, match="pip install onnxruntime"):
+        bb.resolve_runtime("onnxruntime")
+
+
+def test_make_spec_records_runtime(weights_path: Path) -> None:
+    keras_spec = bb.make_spec(weights_path, "block5_pool", 150, "keras")
+    ort_spec = bb.make_spec(weights_path, "block5_pool", 150, "onnxruntime")
+    assert ort_spec.runtime == "onnxruntime"
+    assert keras_spec.differences(ort_spec) == {}  # informational, not a compatibility field
+
+
+def test_export_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    weights = tmp_path / "w" / "vgg.h5"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert onnx_runtime.candidate_dirs(weights) == [
+        (tmp_path / "w").resolve(), tmp_path / "xdg" / "featcache" / "onnx"
+    ]
+    monkeypatch.setenv(onnx_runtime.HOME_ENV, str(tmp_path / "home"))
+    assert onnx_runtime.candidate_dirs(weights) == [tmp_path / "home" / "onnx"]
+    name = onnx_runtime.export_name("ab" * 32, "block5_pool", 150)
+    assert "ab" * 32 in name and "block5_pool-150" in name and name.endswith(".onnx")
+
+
+def test_save_atomic_leaves_no_temporary(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    onnx_runtime.save_atomic(b"first", path)
+    onnx_runtime.save_atomic(b"second", path)
+    assert path.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_unwritable_cache_keeps_export_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setattr(onnx_runtime, "candidate_dirs", lambda _w: [blocker / "onnx"])
+    monkeypatch.setattr(bb, "build_keras_model", lambda *_a: "model")
+    monkeypatch.setattr(onnx_runtime, "export_model", lambda model: b"onnx-bytes")
+    with caplog.at_level(logging.WARNING, logger="extractor.onnx_runtime"):
+        source, origin = onnx_runtime.load_or_export(tmp_path / "w.h5", "ab" * 32, "block5_pool",
+                                                     150)
+    assert (source, origin) == (b"onnx-bytes", "memory")
+    assert "kept in memory" in caplog.text
+
+
+def test_cli_rejects_unknown_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    from extractor.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--dir", ".", "--runtime", "tflite"])
+    assert exc.value.code == 2
+    assert "--runtime" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- real weights
+
+
+@pytest.mark.slow
+@needs_ort
+def test_onnx_features_equal_keras_on_real_images(
+    onnx_home: Path, weights_path: Path, elpv_dir: Path
+) -> None:
+    pixels = _real_pixels(elpv_dir)
+    keras_base = bb.ConvBase(weights_path, runtime="keras")
+    ort_base = bb.ConvBase(weights_path, runtime="onnxruntime")
+    assert (keras_base.spec.runtime, ort_base.spec.runtime) == ("keras", "onnxruntime")
+    assert keras_base.spec.differences(ort_base.spec) == {}
+    reference = keras_base(pixels)
+    ours = ort_base(pixels)
+    assert ours.dtype == np.float32
+    assert ours.shape == reference.shape == (16, 4, 4, 512)
+    assert float(reference.max()) > 10  # real activations, not zeros
+    assert float(np.abs(ours - reference).max()) <= 1e-3
+    # Batch composition must not change an image's features.
+    np.testing.assert_allclose(ort_base(pixels[3:4])[0], ours[3], atol=1e-4)
+    assert ort_base(pixels[:0]).shape == (0, 4, 4, 512)
+
+
+@pytest.mark.slow
+@needs_ort
+def test_onnx_block4_pool_equals_keras(onnx_home: Path, weights_path: Path,
+                                      elpv_dir: Path) -> None:
+    pixels = _real_pixels(elpv_dir, per_folder=1)
+    reference = bb.ConvBase(weights_path, layer="block4_pool", runtime="keras")(pixels)
+    ours = bb.ConvBase(weights_path, layer="block4_pool", runtime="onnxruntime")(pixels)
+    assert ours.shape == reference.shape == (4, 9, 9, 512)
+    # block4_pool activations reach ~10^3, where float32 summation order alone moves the last
+    # few bits: equal within 1e-3 absolute or 1e-5 relative, whichever is larger.
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.slow
+@needs_ort
+def test_export_is_cached_by_weights_hash(
+    onnx_home: Path, weights_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = bb.ConvBase(weights_path, runtime="onnxruntime")
+    name = onnx_runtime.export_name(first.spec.weights_sha256, "block5_pool", 150)
+    assert (onnx_home / name).is_file()
+    assert [p.name for p in onnx_home.iterdir() if p.name.startswith(".")] == []
+
+    def no_keras(*_a: object) -> None:
+        raise AssertionError("a cached export must not rebuild the Keras model")
+
+    monkeypatch.setattr(bb, "build_keras_model", no_keras)
+    again = bb.ConvBase(weights_path, runtime="onnxruntime", threads=1)
+    pixels = np.zeros((1, 150, 150, 3), np.uint8)
+    np.testing.assert_allclose(again(pixels), first(pixels), atol=1e-5)
+
+
+@pytest.mark.slow
+@needs_ort
+def test_cache_records_runtime(onnx_home: Path, small_image_dir: Path, tmp_path: Path,
+                               weights_path: Path) -> None:
+    from extractor.runner import Options, run
+
+    out = tmp_path / "ort.h5"
+    summary = run(Options(directory=small_image_dir, out=out, weights=str(weights_path),
+                          progress=False, runtime="onnxruntime"))
+    assert summary.runtime == "onnxruntime"
+    with h5py.File(out, "r") as f:
+        assert f.attrs["runtime"] == "onnxruntime"
+        assert f["features"].shape == (24, 4, 4, 512)
