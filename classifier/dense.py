@@ -100,12 +100,25 @@ class DenseHead(Head):
             return keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
         return keras.layers.Dense(n_classes, activation="softmax", name="probability")(x)
 
-    def _phases(self) -> list[tuple[float, int]]:
-        """(learning rate, epoch ceiling) of each training phase."""
-        return [(self.learning_rate, self.epochs)]
+    def _train(
+        self, model: Any, data: dict[str, Any], val: Any, class_weight: dict[int, float] | None,
+        learning_rate: float, epochs: int,
+    ) -> dict[str, list[float]]:
+        """Compile and fit `model` with RMSprop and early stopping; the per-epoch history."""
+        import keras
 
-    def _prepare_phase(self, model: Any, phase: int) -> None:
-        """Set up the model before a phase (which layers train); one phase here, nothing to do."""
+        n_outputs = int(model.output_shape[-1])
+        model.compile(
+            optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
+            loss="binary_crossentropy" if n_outputs == 1 else "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        monitor = "val_loss" if val is not None else "loss"
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=self.patience,
+                                             restore_best_weights=True)
+        history = model.fit(**data, epochs=epochs, validation_data=val,
+                            class_weight=class_weight, callbacks=[stop], verbose=0)
+        return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
     def fit(
         self,
@@ -118,6 +131,19 @@ class DenseHead(Head):
 
         self._validate()
         keras.utils.set_random_seed(self.seed)
+        data, val, class_weight, input_shape = self._prepare(X, y, validation_data)
+        self.model_ = self._build(input_shape, len(self.classes_))
+        self.history_ = self._train(self.model_, data, val, class_weight,
+                                    self.learning_rate, self.epochs)
+        self._note_best(val is not None)
+        return self
+
+    def _prepare(
+        self, X: Any, y: Any, validation_data: tuple[Any, Any] | None
+    ) -> tuple[dict[str, Any], Any, dict[int, float] | None, tuple[int, ...]]:
+        """Set `classes_`; return fit's data, validation data, class weights and input shape."""
+        import keras
+
         streamed = isinstance(X, keras.utils.PyDataset)
         if streamed:
             labels = np.asarray(X.labels, dtype=np.int64)
@@ -129,7 +155,6 @@ class DenseHead(Head):
         self.classes_ = np.unique(labels)
         index = {int(c): i for i, c in enumerate(self.classes_)}
         encode = np.vectorize(lambda c: index[int(c)], otypes=[np.int64])
-        self.model_ = self._build(input_shape, len(self.classes_))
 
         class_weight = None
         if self.class_weight == "balanced":
@@ -145,41 +170,22 @@ class DenseHead(Head):
                 val = vx
             else:
                 val = (np.asarray(vx, dtype=np.float32), encode(np.asarray(vy)))
-        monitor = "val_loss" if val is not None else "loss"
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, patience=self.patience, restore_best_weights=True
-            )
-        ]
         if streamed:
             X.label_map = index
             data: dict[str, Any] = {"x": X}
         else:
             data = {"x": X, "y": encode(labels), "batch_size": self.batch_size, "shuffle": True}
-        loss = "binary_crossentropy" if len(self.classes_) == 2 else (
-            "sparse_categorical_crossentropy"
-        )
-        self.history_ = {}
-        for phase, (learning_rate, epochs) in enumerate(self._phases()):
-            self._prepare_phase(self.model_, phase)
-            self.model_.compile(
-                optimizer=keras.optimizers.RMSprop(learning_rate=learning_rate),
-                loss=loss,
-                metrics=["accuracy"],
-            )
-            history = self.model_.fit(
-                **data, epochs=epochs, validation_data=val, class_weight=class_weight,
-                callbacks=callbacks, verbose=0,
-            )
-            for key, values in history.history.items():
-                self.history_.setdefault(key, []).extend(float(v) for v in values)
+        return data, val, class_weight, input_shape
+
+    def _note_best(self, validated: bool) -> None:
+        assert self.history_ is not None
+        monitor = "val_loss" if validated else "loss"
         best = int(np.argmin(self.history_[monitor]))
         self.best_epoch_ = best + 1
         logger.info(
-            "dense head: %d epochs, best %s %.4f at epoch %d",
+            "%s head: %d epochs, best %s %.4f at epoch %d", self.kind,
             len(self.history_["loss"]), monitor, self.history_[monitor][best], best + 1,
         )
-        return self
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
         x = np.asarray(X, dtype=np.float32)

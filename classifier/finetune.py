@@ -10,7 +10,9 @@ weights file that made the cache (checked by its SHA-256).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
+
+import numpy as np
 
 from classifier.dense import DenseHead
 from classifier.errors import DataError
@@ -70,7 +72,8 @@ class FineTuneHead(DenseHead):
                 f"made with {spec.weights_sha256[:12]}...; pass the same --weights as extract"
             )
 
-    def _build(self, input_shape: tuple[int, ...], n_classes: int) -> Any:
+    def _block5(self, input_shape: tuple[int, ...]) -> Any:
+        """block5 as a model of its own, (H, W, 512) -> pooled maps, with VGG16's weights."""
         import keras
 
         from extractor.weights import resolve_weights
@@ -87,13 +90,43 @@ class FineTuneHead(DenseHead):
             layer = type(source).from_config(source.get_config())
             x = layer(x)
             layer.set_weights(source.get_weights())
-        outputs = self._top(x, n_classes)
-        return keras.Model(inputs, outputs, name="block5_finetune")
+        return keras.Model(inputs, x, name="block5")
 
-    def _phases(self) -> list[tuple[float, int]]:
-        return [(self.learning_rate, self.epochs),
-                (self.fine_tune_learning_rate, self.fine_tune_epochs)]
+    def fit(self, X: Any, y: Any, validation_data: tuple[Any, Any] | None = None) -> Self:
+        """Phase 1: the head on block5's output with block5 frozen. Phase 2: both, low rate.
 
-    def _prepare_phase(self, model: Any, phase: int) -> None:
-        for name in BLOCK5:
-            model.get_layer(name).trainable = phase > 0
+        Frozen, block5 gives the same output every epoch, so phase 1 computes it once and trains
+        a plain dense head on it: as the recipe's frozen phase, without rerunning block5.
+        X must be in memory (block4_pool maps: ~166 KB a row at 150x150).
+        """
+        import keras
+
+        self._validate()
+        keras.utils.set_random_seed(self.seed)
+        X = np.asarray(X, dtype=np.float32)
+        block5 = self._block5(X.shape[1:])
+        val5 = None
+        if validation_data is not None:
+            vx = block5.predict(np.asarray(validation_data[0], np.float32), batch_size=64,
+                                verbose=0)
+            val5 = (vx, validation_data[1])
+        dense_params = {k: v for k, v in self.get_params().items()
+                        if k in DenseHead().get_params()}
+        top = DenseHead(**dense_params).fit(block5.predict(X, batch_size=64, verbose=0), y, val5)
+
+        data, val, class_weight, input_shape = self._prepare(X, y, validation_data)
+        inputs = keras.Input(shape=input_shape, name="features")
+        x = inputs
+        for layer in block5.layers[1:]:
+            x = layer(x)
+        self.model_ = keras.Model(inputs, self._top(x, len(self.classes_)), name="finetune")
+        ours = [layer for layer in self.model_.layers[len(block5.layers):] if layer.weights]
+        theirs = [layer for layer in top.model_.layers if layer.weights]
+        for dst, src in zip(ours, theirs, strict=True):
+            dst.set_weights(src.get_weights())
+        tuned = self._train(self.model_, data, val, class_weight,
+                            self.fine_tune_learning_rate, self.fine_tune_epochs)
+        assert top.history_ is not None
+        self.history_ = {k: top.history_[k] + tuned.get(k, []) for k in top.history_}
+        self._note_best(val is not None)
+        return self
