@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--head", type=Path)
+    ap.add_argument("--serve-args", default="",
+                    help='extra options for `serve`, e.g. "--max-wait-ms 0"')
     args = ap.parse_args()
 
     import httpx
@@ -57,7 +60,10 @@ def main() -> int:
     fwd_before = forward_ms(base, pixels, 30)
     with tempfile.TemporaryDirectory(prefix="featcache-serve-") as tmp:
         head = args.head or make_head(Path(tmp))
-        with serving(head) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with (
+            serving(head, *shlex.split(args.serve_args)) as url,
+            httpx.Client(base_url=url, timeout=60) as client,
+        ):
 
             def post(data: bytes) -> float:
                 t = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -35,6 +36,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=ELPV / "validation",
                     help="folder `extract` runs on for the comparison")
     ap.add_argument("--head", type=Path)
+    ap.add_argument("--serve-args", default="",
+                    help='extra options for `serve`, e.g. "--max-wait-ms 0"')
     args = ap.parse_args()
 
     import httpx
@@ -49,7 +52,7 @@ def main() -> int:
         ext = run_extract(["--dir", str(args.dir), "--out", f"{tmp}/x.h5",
                            "--weights", str(WEIGHTS)], timeout=1800)
         head = args.head or make_head(Path(tmp))
-        with serving(head) as url:
+        with serving(head, *shlex.split(args.serve_args)) as url:
             stop_at = 0.0
 
             def client() -> None:

@@ -2,10 +2,10 @@
 
 Runtimes: `keras` (the reference; any Keras 3 backend: TensorFlow, JAX or PyTorch) and
 `onnxruntime` (the same Keras model exported to ONNX, see `extractor.onnx_runtime`; equal to the
-reference within 1e-3, tested on real images). `auto` picks the one measured faster on the CPU
-at hand (BENCHMARKS.md): on CPUs with AVX-512, Keras on TensorFlow (oneDNN's AVX-512 kernels
-used 10-20% less CPU per image than onnxruntime on AMD Zen 5); elsewhere onnxruntime (~1.35x
-Keras on AMD Zen 3, AVX2 only, as measured for the performance issue), when installed.
+reference within 1e-3, tested on real images). `auto` picks onnxruntime when it is installed:
+`extract` ran faster on it than on Keras/TensorFlow side by side (BENCHMARKS.md), it loads in a
+fraction of a second without importing TensorFlow, and the performance issue measured it ~1.35x
+Keras on AVX2-only CPUs. Otherwise `auto` falls back to keras, saying why in the log.
 """
 
 from __future__ import annotations
@@ -64,29 +64,11 @@ def resolve_runtime(runtime: str = AUTO) -> str:
                          "(pip install onnxruntime onnx)")
     if runtime != AUTO:
         return runtime
-    if _avx512_tensorflow():
-        logger.info("runtime auto: using keras (TensorFlow's AVX-512 kernels are the faster here)")
-        return "keras"
     if onnx_runtime.available():
         return "onnxruntime"
-    logger.info("runtime auto: using keras (onnxruntime, faster on this CPU, is not installed: "
+    logger.info("runtime auto: using keras (onnxruntime, the faster, is not installed: "
                 "pip install onnxruntime onnx)")
     return "keras"
-
-
-def _avx512_tensorflow() -> bool:
-    """Whether Keras would run on TensorFlow on a CPU with AVX-512 (where it beats onnxruntime)."""
-    import importlib.util
-
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return False
-    if importlib.util.find_spec("tensorflow") is None:
-        return False
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and " avx512f" in line for line in fh)
-    except OSError:  # not Linux: no measurement says keras wins there
-        return False
 
 
 def build_keras_model(weights_path: Path, image_size: int, layer: str) -> Any:

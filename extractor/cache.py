@@ -290,19 +290,32 @@ def write_cache(
     tmp, f = _atomic_h5(path)
     with f:
         _set_attrs(f, spec, class_names, extra_attrs or {})
-        _create_datasets(f, n, spec.feature_shape)
-        if n:
-            f["features"][:] = feats
+        write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
-        _write_strings(f, "paths", paths)
-        _write_strings(f, "sha256", sha256 if sha256 is not None else [""] * n)
         f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
                                                  dtype=np.int16).reshape(n))
-        grp = f.create_group("skipped")
-        _write_strings(grp, "paths", [p for p, _ in skipped])
-        _write_strings(grp, "reasons", [r for _, r in skipped])
     _commit(tmp, path)
     return path
+
+
+def write_rows(
+    f: h5py.File,
+    spec: FeatureSpec,
+    features: NDArray[np.float32],
+    paths: Sequence[str],
+    sha256: Sequence[str],
+    skipped: Sequence[tuple[str, str]],
+) -> None:
+    """The datasets every cache-like file has: features, paths, sha256 and /skipped."""
+    n = len(paths)
+    _create_datasets(f, n, spec.feature_shape)
+    if n:
+        f["features"][:] = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
+    _write_strings(f, "paths", paths)
+    _write_strings(f, "sha256", sha256)
+    grp = f.create_group("skipped")
+    _write_strings(grp, "paths", [p for p, _ in skipped])
+    _write_strings(grp, "reasons", [r for _, r in skipped])
 
 
 @dataclasses.dataclass

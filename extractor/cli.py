@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads decoding images ahead of the model (default: %(default)s)")
     p.add_argument("--runtime", choices=(AUTO, *RUNTIMES), default=AUTO,
                    help="what runs the conv base: keras, onnxruntime (the Keras model exported "
-                   "to ONNX, cached by weights hash), or auto = the one measured faster on this "
-                   "kind of CPU, see BENCHMARKS.md (default: %(default)s); the features are the "
-                   "same within 1e-3")
+                   "to ONNX, cached by weights hash; the faster, see BENCHMARKS.md), or auto = "
+                   "onnxruntime when installed, else keras (default: %(default)s); the features "
+                   "are the same within 1e-3")
     p.add_argument("--augment", type=int, default=0, metavar="K",
                    help="also store K randomly augmented views of every image (the recipe's "
                    "rotations, shifts, shear, zoom and flips), for training heads with "

@@ -8,7 +8,7 @@ refuses), no network, and works under any Keras backend (TensorFlow, JAX, PyTorc
 Where the export is kept, first that is writable:
 
 1. `$FEATCACHE_HOME/onnx/` when `FEATCACHE_HOME` is set;
-2. next to the weights file;
+2. next to the weights file, unless its folder is read-only (as the shared weights folder is);
 3. `$XDG_CACHE_HOME/featcache/onnx/` (default `~/.cache/featcache/onnx/`).
 
 When none is writable the graph is kept in memory for this process only. Files are written to a
@@ -85,9 +85,12 @@ def find_export(weights_path: Path, name: str) -> Path | None:
 def _writable_dir(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        mode = folder.stat().st_mode
     except OSError:
         return False
-    return os.access(folder, os.W_OK)
+    # os.access says yes to root everywhere; a folder whose owner made it read-only (the shared
+    # weights folder) must stay untouched even then.
+    return bool(mode & 0o222) and os.access(folder, os.W_OK)
 
 
 def save_atomic(data: bytes, path: Path) -> None:

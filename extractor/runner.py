@@ -66,7 +66,7 @@ class Options:
         if not self.augment:
             return AugmentSettings()
         return AugmentSettings(self.augment, self.augment_seed, aug.RECIPE.describe())
-    #: "auto" (the faster on this CPU, see backbone.resolve_runtime), "keras" or "onnxruntime".
+    #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
 
 

@@ -44,6 +44,7 @@ from extractor.cache import (
     _set_attrs,
     _strings,
     _write_strings,
+    write_rows,
 )
 from extractor.spec import FeatureSpec
 
@@ -83,16 +84,7 @@ def write_shard(
         for key, value in spec.to_dict().items():
             f.attrs[key] = value
         f.attrs["format"] = SHARD_FORMAT
-        n = len(paths)
-        feats = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
-        _create_datasets(f, n, spec.feature_shape)
-        if n:
-            f["features"][:] = feats
-        _write_strings(f, "paths", paths)
-        _write_strings(f, "sha256", sha256)
-        grp = f.create_group("skipped")
-        _write_strings(grp, "paths", [p for p, _ in skipped])
-        _write_strings(grp, "reasons", [r for _, r in skipped])
+        write_rows(f, spec, features, paths, sha256, skipped)
     _commit(tmp, path)
     return path
 

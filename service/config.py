@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     #: (+3-9% throughput over 1; 8 was slower), benchmarks/serve_batching.py, BENCHMARKS.md.
     max_batch_size: int = Field(default=4, ge=1, le=256)
     #: How long the batching worker waits for more images once it has one (milliseconds).
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    #: 0: a lone request at idle runs at once (a wait only adds latency for one client);
+    #: under load, images queue while a pass runs and form the next batch by themselves.
+    max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     #: Feature-cache capacity in images (32 KiB each at the default 4x4x512); 0 disables it.
     feature_cache_size: int = Field(default=4096, ge=0)
 

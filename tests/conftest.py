@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,24 @@ def small_cache(small_image_dir: Path, conv_base, tmp_path_factory: pytest.TempP
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _featcache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ONNX exports and other per-user files go to a temporary home, never the user's."""
+    saved = os.environ.get("FEATCACHE_HOME")
+    os.environ["FEATCACHE_HOME"] = str(tmp_path_factory.mktemp("featcache_home"))
+    yield
+    if saved is None:
+        os.environ.pop("FEATCACHE_HOME", None)
+    else:
+        os.environ["FEATCACHE_HOME"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _clean_environ(monkeypatch: pytest.MonkeyPatch, weights_path: Path) -> None:
     """Tests see the shared weights as the default and never the developer's own settings."""
+    keep = ("FEATCACHE_SHARED", "FEATCACHE_HOME")
     for key in list(os.environ):
-        if key.startswith(("FEATCACHE_", "SERVE_")) and key != "FEATCACHE_SHARED":
+        if key.startswith(("FEATCACHE_", "SERVE_")) and key not in keep:
             monkeypatch.delenv(key)
     monkeypatch.setenv("FEATCACHE_WEIGHTS", str(weights_path))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")

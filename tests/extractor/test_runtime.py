@@ -46,9 +46,6 @@ def test_resolve_runtime(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCapt
     with pytest.raises(ValueError, match="unknown runtime 'tflite'"):
         bb.resolve_runtime("tflite")
     monkeypatch.setattr(onnx_runtime, "available", lambda: True)
-    monkeypatch.setattr(bb, "_avx512_tensorflow", lambda: True)
-    assert bb.resolve_runtime("auto") == "keras"
-    monkeypatch.setattr(bb, "_avx512_tensorflow", lambda: False)
     assert bb.resolve_runtime("auto") == "onnxruntime"
     monkeypatch.setattr(onnx_runtime, "available", lambda: False)
     with caplog.at_level(logging.INFO, logger="extractor.backbone"):
@@ -67,6 +64,7 @@ def test_make_spec_records_runtime(weights_path: Path) -> None:
 
 def test_export_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = tmp_path / "w" / "vgg.h5"
+    monkeypatch.delenv(onnx_runtime.HOME_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert onnx_runtime.candidate_dirs(weights) == [
         (tmp_path / "w").resolve(), tmp_path / "xdg" / "featcache" / "onnx"
@@ -101,6 +99,24 @@ def test_unwritable_cache_keeps_export_in_memory(
                                                      150)
     assert (source, origin) == (b"onnx-bytes", "memory")
     assert "kept in memory" in caplog.text
+
+
+def test_read_only_weights_folder_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    monkeypatch.delenv(onnx_runtime.HOME_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(bb, "build_keras_model", lambda *_a: "model")
+    monkeypatch.setattr(onnx_runtime, "export_model", lambda model: b"onnx-bytes")
+    folder.chmod(0o555)  # as the shared weights folder is, even when running as root
+    try:
+        source, _ = onnx_runtime.load_or_export(folder / "w.h5", "ab" * 32, "block5_pool", 150)
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == []
+    assert isinstance(source, Path) and source.parent == tmp_path / "xdg" / "featcache" / "onnx"
 
 
 def test_cli_rejects_unknown_runtime(capsys: pytest.CaptureFixture[str]) -> None:
