@@ -177,10 +177,11 @@ class DenseHead(Head):
             data = {"x": X, "y": encode(labels), "batch_size": self.batch_size, "shuffle": True}
         return data, val, class_weight, input_shape
 
-    def _note_best(self, validated: bool) -> None:
+    def _note_best(self, validated: bool, first_epoch: int = 0) -> None:
+        """Record the epoch whose weights were kept: the best of those from `first_epoch` on."""
         assert self.history_ is not None
         monitor = "val_loss" if validated else "loss"
-        best = int(np.argmin(self.history_[monitor]))
+        best = first_epoch + int(np.argmin(self.history_[monitor][first_epoch:]))
         self.best_epoch_ = best + 1
         logger.info(
             "%s head: %d epochs, best %s %.4f at epoch %d", self.kind,

@@ -128,5 +128,6 @@ class FineTuneHead(DenseHead):
                             self.fine_tune_learning_rate, self.fine_tune_epochs)
         assert top.history_ is not None
         self.history_ = {k: top.history_[k] + tuned.get(k, []) for k in top.history_}
-        self._note_best(val is not None)
+        # The kept weights are phase 2's best (the recipe always fine-tunes after the head).
+        self._note_best(val is not None, first_epoch=len(top.history_["loss"]))
         return self
