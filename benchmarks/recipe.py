@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     def row(method: str, acc: float, seconds: float, through_base: int) -> None:
-        rows.append({"method": method, "val_accuracy": round(acc, 4),
+        rows.append({"method": method, "val_accuracy": acc,
                      "wall_s": round(seconds, 1), "images_through_base": through_base})
         print(f"  {method}: {acc:.4f} in {seconds:.0f}s", file=sys.stderr, flush=True)
 
