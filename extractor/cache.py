@@ -521,7 +521,9 @@ def consolidate(
 
 
 def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:
-    step = max(1024, dest.chunks[0] if dest.chunks else 1)
+    # 8 chunks (~8 MiB) at a time: enough for fast sequential I/O, small enough that folding a
+    # run into the cache adds little to extract's peak memory (BENCHMARKS.md, target 2).
+    step = 8 * (dest.chunks[0] if dest.chunks else 1)
     for start in range(0, len(rows), step):
         block = rows[start : start + step]
         out = np.empty((len(block), *dest.shape[1:]), dtype=np.float32)
