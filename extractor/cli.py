@@ -153,8 +153,8 @@ def format_summary(s: Summary) -> str:
         f"extracted:  {s.extracted} images at {s.images_per_s:.1f} images/s "
         f"({s.elapsed_s:.1f}s in all, model loading included; runtime {s.runtime})",
         f"duplicates: {s.duplicates} (same bytes as an image already extracted; features shared)",
-        f"unchanged:  {s.already_cached} already cached; {s.removed} rows dropped "
-        "(files gone from the folder)",
+        f"unchanged:  {s.already_cached} already cached; {len(s.changed)} changed since and "
+        f"extracted again; {s.removed} dropped (files gone from the folder)",
         f"skipped:    {len(s.skipped)}",
     ]
     for path, reason in s.skipped[:20]:

@@ -78,6 +78,8 @@ class Summary:
     duplicates: int = 0  # files whose bytes matched an image already extracted
     already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
     removed: int = 0  # rows dropped because their files left the folder
+    #: Cached files whose bytes changed since the cache was written: extracted again.
+    changed: set[str] = dataclasses.field(default_factory=set)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0  # whole run, model loading included
     extract_s: float = 0.0  # the decode + forward-pass loop alone
@@ -192,7 +194,9 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
             previous_classes = cache.class_names
     staging = Staging(opts.out, spec, opts.augmentation)
     done, part_shas = staging.done()
-    todo = [p for p in listing.labels if p not in previous and p not in done]
+    summary.changed = _changed_since(opts.out, listing, previous) if previous else set()
+    todo = [p for p in listing.labels
+            if (p not in previous or p in summary.changed) and p not in done]
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
     summary.removed = sum(1 for p in previous if p not in listing.labels)
@@ -231,6 +235,29 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
             summary.total, summary.skipped = len(cache), cache.skipped
     summary.elapsed_s = time.perf_counter() - t0
     return summary
+
+
+def _changed_since(out: Path, listing: Listing, previous: dict[str, str]) -> set[str]:
+    """Cached files modified after the cache file was written and whose bytes now differ.
+
+    Only files with a newer modification time are read and hashed, so a re-run over an
+    unchanged folder reads no image. (A file replaced by one carrying an older timestamp, as
+    `cp -p` or `rsync -t` may leave it, is not noticed: delete the cache to rebuild.)
+    """
+    since = out.stat().st_mtime_ns
+    changed: set[str] = set()
+    for path, sha in previous.items():
+        if path not in listing.labels:
+            continue
+        file = listing.root / path
+        try:
+            if file.stat().st_mtime_ns < since:
+                continue
+            if hashlib.sha256(file.read_bytes()).hexdigest() != sha:
+                changed.add(path)
+        except OSError:
+            changed.add(path)  # unreadable now: extract it again, which records why
+    return changed
 
 
 def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:

@@ -225,3 +225,38 @@ def test_cli_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         extract_main(["--dir", ".", "--batch-size", "0"])
     assert exc.value.code == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_files_changed_since_the_cache_are_extracted_again(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    with open_cache(out) as cache:
+        before = dict(zip(cache.paths, cache.read()[0][:, 0, 0, 0].tolist(), strict=True))
+
+    target = folder / "dog" / "dog001.png"
+    Image.fromarray(np.full((60, 80, 3), 7, np.uint8)).save(target)  # new bytes, same name
+    untouched = folder / "cat" / "cat000.png"
+    untouched.touch()  # newer timestamp, same bytes: hashed, not extracted again
+    counter = CountingFeatures()
+    summary = run(opts(folder, out), features_fn=counter)
+    assert counter.images == 1 and summary.changed == {"dog/dog001.png"}
+    with open_cache(out) as cache:
+        after = dict(zip(cache.paths, cache.read()[0][:, 0, 0, 0].tolist(), strict=True))
+        assert len(cache) == 6 and len(set(cache.paths)) == 6
+    assert after["dog/dog001.png"] == pytest.approx(7.0, abs=0.01)
+    assert after["dog/dog001.png"] != before["dog/dog001.png"]
+    assert {p: v for p, v in after.items() if p != "dog/dog001.png"} == {
+        p: v for p, v in before.items() if p != "dog/dog001.png"}
+
+
+def test_a_cached_file_that_turns_bad_leaves_the_cache(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    (folder / "cat" / "cat001.png").write_bytes(b"overwritten with text")
+    summary = run(opts(folder, out), features_fn=fake_features)
+    assert summary.changed == {"cat/cat001.png"} and summary.total == 3
+    with open_cache(out) as cache:
+        assert "cat/cat001.png" not in cache.paths
+        assert dict(cache.skipped)["cat/cat001.png"].startswith("not an image")
