@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=Path, default=SHARED / "data" / "elpv" / "validation")
     ap.add_argument("--weights", default=None, help="default: $FEATCACHE_WEIGHTS or imagenet")
     ap.add_argument("--augment", type=int, default=4, help="views per image (default: 4)")
+    ap.add_argument("--augment-mode", choices=("recipe", "dihedral"), default="recipe",
+                    help="augmentations of methods 3 and 4 (default: the recipe's)")
     ap.add_argument("--scratch-epochs", type=int, default=30)
     ap.add_argument("--dense-epochs", type=int, default=None, help="ceiling (default: head's)")
     ap.add_argument("--fine-tune-epochs", type=int, default=None)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     methods = {m.strip() for m in args.methods.split(",")}
     args.work.mkdir(parents=True, exist_ok=True)
-    w, k = args.work, args.augment
+    w, k, mode = args.work, args.augment, args.augment_mode
     dense = {"epochs": args.dense_epochs} if args.dense_epochs else {}
     finetune = dict(dense)
     if args.fine_tune_epochs:
@@ -142,18 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         acc, s = head_accuracy(w / "train.h5", w / "val.h5", w / "heads" / "logreg", "logreg")
         row("2 cached features + logreg (our default)", acc, tr_s + val_s + s, tr_n + val_n)
     if "3" in methods:
-        tr_s, tr_n, ips3 = extract(args.train, w / f"train-aug{k}.h5", args.weights, augment=k)
+        tr_s, tr_n, ips3 = extract(args.train, w / f"train-{mode}{k}.h5", args.weights,
+                                   augment=k, augment_mode=mode)
         ips = ips or ips3
-        acc, s = head_accuracy(w / f"train-aug{k}.h5", w / "val.h5", w / "heads" / "aug",
+        acc, s = head_accuracy(w / f"train-{mode}{k}.h5", w / "val.h5", w / "heads" / "aug",
                                "dense", **dense)
-        row(f"3 cached {k} augmented views + dense head", acc, tr_s + val_s + s, tr_n + val_n)
+        row(f"3 cached {k} {mode} views + dense head", acc, tr_s + val_s + s, tr_n + val_n)
     if "4" in methods:
         v4_s, v4_n, _ = extract(args.val, w / "val-b4.h5", args.weights, layer="block4_pool")
-        tr_s, tr_n, _ = extract(args.train, w / f"train-b4-aug{k}.h5", args.weights,
-                                layer="block4_pool", augment=k)
-        acc, s = head_accuracy(w / f"train-b4-aug{k}.h5", w / "val-b4.h5",
+        tr_s, tr_n, _ = extract(args.train, w / f"train-b4-{mode}{k}.h5", args.weights,
+                                layer="block4_pool", augment=k, augment_mode=mode)
+        acc, s = head_accuracy(w / f"train-b4-{mode}{k}.h5", w / "val-b4.h5",
                                w / "heads" / "finetune", "finetune", **finetune)
-        row(f"4 cached block4 of {k} views + fine-tuned block5", acc, tr_s + v4_s + s,
+        row(f"4 cached block4 of {k} {mode} views + fine-tuned block5", acc, tr_s + v4_s + s,
             tr_n + v4_n)
 
     from extractor.walk import scan

@@ -1,6 +1,11 @@
 """Random augmented views of an image, reproducible per (file bytes, view, seed).
 
-The augmentations are the recipe's (Keras's `ImageDataGenerator(rotation_range=40,
+Two modes. `recipe` (the default) uses the recipe's augmentations; `dihedral` uses the flips and
+quarter turns of the square, for images with no canonical orientation (solar cells,
+microscopy, satellite tiles), where rotating by 40 degrees and filling corners with edge pixels
+makes pictures the data never holds.
+
+The recipe's augmentations are the recipe's (Keras's `ImageDataGenerator(rotation_range=40,
 width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
 horizontal_flip=True, fill_mode="nearest")`), applied to the decoded, resized pixels as that
 generator applies them. Keras 3 no longer exports that generator, so the affine transform is
@@ -39,6 +44,29 @@ class Augmentation:
 
 
 RECIPE = Augmentation()
+MODES = ("recipe", "dihedral")
+DIHEDRAL_DESCRIPTION = "dihedral: the 7 flips and quarter turns of the square, in random order"
+
+
+def describe(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"augment mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return RECIPE.describe() if mode == "recipe" else DIHEDRAL_DESCRIPTION
+
+
+def make_view(pixels: NDArray[np.uint8], sha256: str, view: int, seed: int,
+              mode: str = "recipe") -> NDArray[np.uint8]:
+    """View number `view` (1, 2, ...) of an image in the given mode."""
+    if mode == "recipe":
+        return augment(pixels, view_rng(sha256, view, seed))
+    if mode == "dihedral":
+        # Each image gets its own order of the 7 non-identity symmetries, so its first 7 views
+        # all differ from it and from one another.
+        order = view_rng(sha256, 0, seed).permutation(7)
+        t = int(order[(view - 1) % 7]) + 1
+        out = np.rot90(pixels, t % 4)
+        return np.ascontiguousarray(out[:, ::-1] if t >= 4 else out)
+    raise ValueError(f"augment mode must be one of {', '.join(MODES)}; got {mode!r}")
 
 
 def view_rng(sha256: str, view: int, seed: int) -> np.random.Generator:

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "image and --augment-seed (default: %(default)s)")
     p.add_argument("--augment-seed", type=int, default=0,
                    help="seed of the augmented views (default: %(default)s)")
+    p.add_argument("--augment-mode", choices=("recipe", "dihedral"), default="recipe",
+                   help="recipe: rotations up to 40 degrees, shifts, shear, zoom, flips; "
+                   "dihedral: flips and quarter turns only, for images with no canonical "
+                   "orientation (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=512, metavar="N",
                    help="save progress every N files (and at least every minute) so an "
                    "interrupted run loses little (default: %(default)s)")
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         directory=args.dir, out=args.out, weights=args.weights, image_size=args.image_size,
         layer=args.layer, batch_size=args.batch_size, workers=args.workers,
         checkpoint_every=args.checkpoint_every, progress=not args.quiet, runtime=args.runtime,
-        augment=args.augment, augment_seed=args.augment_seed,
+        augment=args.augment, augment_seed=args.augment_seed, augment_mode=args.augment_mode,
     )
     try:
         if args.engine == "ray":

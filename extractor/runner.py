@@ -60,12 +60,13 @@ class Options:
     #: Augmented views stored per image besides the image itself, and the seed drawing them.
     augment: int = 0
     augment_seed: int = 0
+    augment_mode: str = "recipe"  # or "dihedral" (extractor.augment)
 
     @property
     def augmentation(self) -> AugmentSettings:
         if not self.augment:
             return AugmentSettings()
-        return AugmentSettings(self.augment, self.augment_seed, aug.RECIPE.describe())
+        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode))
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
 
@@ -107,24 +108,28 @@ class LoadedFile:
         return [] if self.pixels is None else [self.pixels, *self.views]
 
 
-def decode_bytes(rel: str, data: bytes, size: int, augment: int = 0, seed: int = 0) -> LoadedFile:
+def decode_bytes(
+    rel: str, data: bytes, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
+) -> LoadedFile:
     """Hash, decode and (with `augment` > 0) make the augmented views of one file's bytes."""
     sha = hashlib.sha256(data).hexdigest()
     try:
         pixels = decode_image(data, size)
     except ImageError as exc:
         return LoadedFile(rel, sha, None, str(exc))
-    views = [aug.augment(pixels, aug.view_rng(sha, v, seed)) for v in range(1, augment + 1)]
+    views = [aug.make_view(pixels, sha, v, seed, mode) for v in range(1, augment + 1)]
     return LoadedFile(rel, sha, pixels, None, views)
 
 
-def load_file(root: Path, rel: str, size: int, augment: int = 0, seed: int = 0) -> LoadedFile:
+def load_file(
+    root: Path, rel: str, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
+) -> LoadedFile:
     """Read one file and `decode_bytes` it; an unreadable file is recorded, not raised."""
     try:
         data = (root / rel).read_bytes()
     except OSError as exc:
         return LoadedFile(rel, "", None, f"unreadable file: {exc.strerror or exc}")
-    return decode_bytes(rel, data, size, augment, seed)
+    return decode_bytes(rel, data, size, augment, seed, mode)
 
 
 def _check_output(out: Path) -> None:
@@ -169,9 +174,10 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
         if theirs_augment != opts.augmentation:
             raise ExtractError(
                 f"{opts.out} holds {theirs_augment.views} augmented views per image (seed "
-                f"{theirs_augment.seed}); this run asks for {opts.augment} (seed "
-                f"{opts.augment_seed}). Use the same --augment and --augment-seed, another "
-                f"--out, or delete {opts.out} to rebuild it."
+                f"{theirs_augment.seed}; {theirs_augment.description or 'none'}); this run asks "
+                f"for {opts.augment} (seed {opts.augment_seed}; {opts.augment_mode}). Use the "
+                f"same --augment, --augment-seed and --augment-mode, another --out, or delete "
+                f"{opts.out} to rebuild it."
             )
     Staging(opts.out, spec, opts.augmentation).check()
     return listing, spec, weights_path
@@ -329,7 +335,7 @@ def _extract(
     try:
         for rel in files:
             queue.append(pool.submit(load_file, listing.root, rel, opts.image_size, opts.augment,
-                                     opts.augment_seed))
+                                     opts.augment_seed, opts.augment_mode))
             if len(queue) >= window:
                 break
         while queue:
@@ -337,7 +343,7 @@ def _extract(
             nxt = next(files, None)
             if nxt is not None:
                 queue.append(pool.submit(load_file, listing.root, nxt, opts.image_size,
-                                         opts.augment, opts.augment_seed))
+                                         opts.augment, opts.augment_seed, opts.augment_mode))
             if item.error is not None:
                 cp.skip_paths.append(item.path)
                 cp.skip_reasons.append(item.error)

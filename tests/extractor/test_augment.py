@@ -86,3 +86,28 @@ def test_size_is_the_extractors(tmp_path: Path) -> None:
     run(opts(folder, tmp_path / "f.h5", augment=1), features_fn=fake_features)
     with open_cache(tmp_path / "f.h5") as cache:
         assert cache.spec.input_size == SIZE
+
+
+def test_dihedral_views_are_the_seven_other_symmetries() -> None:
+    from extractor.augment import make_view
+
+    pixels = gradient(32, 32, seed=5)
+    views = [make_view(pixels, "abc", v, seed=0, mode="dihedral") for v in range(1, 8)]
+    symmetries = [np.rot90(pixels, k) for k in range(4)]
+    symmetries += [s[:, ::-1] for s in symmetries]
+    as_bytes = {v.tobytes() for v in views}
+    assert len(as_bytes) == 7 and pixels.tobytes() not in as_bytes
+    assert as_bytes <= {s.tobytes() for s in symmetries}
+    np.testing.assert_array_equal(views[2], make_view(pixels, "abc", 3, seed=0, mode="dihedral"))
+    assert [v.tobytes() for v in views] != [
+        make_view(pixels, "abd", i, seed=0, mode="dihedral").tobytes() for i in range(1, 8)]
+
+
+def test_augment_mode_is_part_of_the_cache_settings(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, augment=2, augment_mode="dihedral"), features_fn=fake_features)
+    with open_cache(out) as cache:
+        assert cache.augmentation.description.startswith("dihedral")
+    with pytest.raises(ExtractError, match="augment-mode"):
+        run(opts(folder, out, augment=2), features_fn=fake_features)
