@@ -150,6 +150,11 @@ class FeatureCache:
         return np.asarray(self._file["view"][:], dtype=np.int16)
 
     @property
+    def n_images(self) -> int:
+        """Images in the cache (rows less augmented views)."""
+        return int((self.views == 0).sum())
+
+    @property
     def augmentation(self) -> AugmentSettings:
         return AugmentSettings.from_attrs(self.attrs)
 
@@ -368,31 +373,20 @@ class Staging:
                     f"directory to discard it"
                 )
 
-    def done(self) -> tuple[set[str], dict[str, str]]:
-        """Paths already handled by the unfinished run, and sha256 -> path of extracted rows."""
-        done: set[str] = set()
-        extracted: dict[str, str] = {}
-        for part in self.parts():
-            with h5py.File(part, "r") as f:
-                paths = _strings(f["paths"])
-                for p, s in zip(paths, _strings(f["sha256"]), strict=True):
-                    extracted.setdefault(s, p)
-                done.update(paths)
-                done.update(_strings(f["dup_paths"]))
-                done.update(_strings(f["skip_paths"]))
-        return done, extracted
-
-    def contents(self) -> tuple[set[str], dict[str, str]]:
-        """Paths the checkpoints give features to, and the files they record as skipped."""
+    def contents(self) -> tuple[set[str], dict[str, str], set[str]]:
+        """What the checkpoints hold: paths given features (extracted or duplicates), files
+        recorded as skipped (path -> reason), and the SHA-256 of every extracted image."""
         rows: set[str] = set()
         skips: dict[str, str] = {}
+        shas: set[str] = set()
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 rows.update(_strings(f["paths"]))
                 rows.update(_strings(f["dup_paths"]))
+                shas.update(_strings(f["sha256"]))
                 skips.update(zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]),
                                  strict=True))
-        return rows, skips
+        return rows, skips, shas
 
     def write(self, cp: Checkpoint) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -536,9 +530,3 @@ def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File
             data = _read_rows(sources[src]["features"], idx[order])
             out[np.array(ks)[order]] = data
         dest[start : start + len(block)] = out
-
-
-def cached_paths(cache_path: Path) -> tuple[dict[str, str], set[str]]:
-    """(path -> sha256 of rows, paths recorded as skipped) of an existing cache."""
-    with open_cache(cache_path) as cache:
-        return dict(zip(cache.paths, cache.sha256, strict=True)), {p for p, _ in cache.skipped}

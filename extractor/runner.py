@@ -26,7 +26,6 @@ from extractor.cache import (
     AugmentSettings,
     Checkpoint,
     Staging,
-    cached_paths,
     consolidate,
     open_cache,
 )
@@ -191,15 +190,17 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    previous: dict[str, str] = {}
+    previous: dict[str, str] = {}  # path -> sha256 of the files the cache holds
     previous_skipped: set[str] = set()
     previous_classes: list[str] | None = None
     if opts.out.exists():
-        previous, previous_skipped = cached_paths(opts.out)
         with open_cache(opts.out) as cache:
+            previous = dict(zip(cache.paths, cache.sha256, strict=True))
+            previous_skipped = {p for p, _ in cache.skipped}
             previous_classes = cache.class_names
     staging = Staging(opts.out, spec, opts.augmentation)
-    done, part_shas = staging.done()
+    staged_rows, staged_skips, part_shas = staging.contents()
+    done = staged_rows | set(staged_skips)
     summary.changed = _changed_since(opts.out, listing, previous) if previous else set()
     todo = [p for p in listing.labels
             if (p not in previous or p in summary.changed) and p not in done]
@@ -215,14 +216,14 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
             # A conv base handed in by the caller says which runtime really makes the features.
             staging.spec = dataclasses.replace(staging.spec, runtime=made_by)
             summary.runtime = made_by
-        seen = set(previous.values()) | set(part_shas)
+        seen = set(previous.values()) | part_shas
         t_loop = time.perf_counter()
         try:
             _extract(opts, listing, todo, seen, staging, features_fn, summary)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
-    staged_rows, staged_skips = staging.contents()
+    staged_rows, staged_skips, _ = staging.contents()
     changed = (
         bool(staged_rows)
         or set(staged_skips) != previous_skipped
@@ -238,7 +239,7 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
         # Nothing new: files that failed before failed again; keep the cache file as it is.
         staging.clear()
         with open_cache(opts.out) as cache:
-            summary.total, summary.skipped = len(cache), cache.skipped
+            summary.total, summary.skipped = cache.n_images, cache.skipped
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 

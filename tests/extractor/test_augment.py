@@ -55,6 +55,8 @@ def test_cache_rows_hold_each_image_then_its_views(tmp_path: Path) -> None:
         b = [i for i, p in enumerate(paths) if p == "dog/same-bytes.png"]
         np.testing.assert_array_equal(x[a], x[b])
         assert set(y[b].tolist()) == {1}
+    again = run(opts(folder, out, augment=2, batch_size=4), features_fn=fake_features)
+    assert again.extracted == 0 and again.total == 7  # images, not rows, in both code paths
 
 
 def test_views_do_not_depend_on_batching_or_order(tmp_path: Path) -> None:
