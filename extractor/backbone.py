@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
 from extractor.images import PREPROCESSING_ID, preprocess
 from extractor.spec import FeatureSpec
 from extractor.weights import resolve_weights, weights_sha256
@@ -44,9 +45,10 @@ def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
     return (side, side, _CHANNELS[layer])
 
 
-def validate(layer: str, image_size: int) -> None:
-    if layer not in LAYERS:
-        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(LAYERS)}")
+def validate(layer: str, image_size: int, pooled_layers: tuple[str, ...] = ()) -> None:
+    for name in (layer, *pooled_layers):
+        if name not in LAYERS:
+            raise ValueError(f"unknown layer {name!r}; choose one of {', '.join(LAYERS)}")
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE}; got {image_size}")
 
@@ -71,22 +73,24 @@ def resolve_runtime(runtime: str = AUTO) -> str:
     return "keras"
 
 
-def build_keras_model(weights_path: Path, image_size: int, layer: str) -> Any:
-    """The Keras VGG16 conv base with these weights, truncated at `layer`."""
+def build_keras_model(weights_path: Path, image_size: int, layers: tuple[str, ...]) -> Any:
+    """The Keras VGG16 conv base with these weights, with the outputs of `layers` (a list of
+    maps, in that order), truncated after the deepest of them."""
     import keras
 
     base = keras.applications.VGG16(
         include_top=False, weights=str(weights_path), input_shape=(image_size, image_size, 3)
     )
-    out = base.get_layer(layer).output
-    return base if out is base.output else keras.Model(base.input, out, name=layer)
+    outputs = [base.get_layer(layer).output for layer in layers]
+    return keras.Model(base.input, outputs, name="vgg16_" + "_".join(layers))
 
 
 def make_spec(
-    weights_path: Path, layer: str, image_size: int, runtime: str = "keras"
+    weights_path: Path, layer: str, image_size: int, runtime: str = "keras",
+    pooled_layers: tuple[str, ...] = (),
 ) -> FeatureSpec:
     """The spec of features this base would make; cheap (hashes the weights, loads no model)."""
-    validate(layer, image_size)
+    validate(layer, image_size, pooled_layers)
     return FeatureSpec(
         backbone=BACKBONE,
         weights_sha256=weights_sha256(weights_path),
@@ -95,16 +99,19 @@ def make_spec(
         preprocessing=PREPROCESSING_ID,
         feature_shape=feature_shape(layer, image_size),
         runtime=runtime,
+        pooled_layers=tuple(pooled_layers),
     )
 
 
 class ConvBase:
-    """VGG16 without its top, truncated at `layer`, with ImageNet (or given) weights.
+    """VGG16 without its top, with ImageNet (or given) weights: pixels in, named features out.
 
     Call it on a (N, size, size, 3) uint8 RGB batch from `extractor.images.decode_image`;
-    it applies the VGG16 preprocessing and returns float32 feature maps. `runtime` is `auto`,
-    `keras` or `onnxruntime`; `threads` sets ONNX Runtime's intra-op threads (default: the
-    CPUs this process may use).
+    it applies the VGG16 preprocessing, runs the base once and returns the named features of
+    `extractor.features`: the maps of `layer` and the pooled vectors of each of
+    `pooled_layers`, all from the same forward pass. `runtime` is `auto`, `keras` or
+    `onnxruntime`; `threads` sets ONNX Runtime's intra-op threads (default: the CPUs this
+    process may use).
     """
 
     def __init__(
@@ -114,32 +121,44 @@ class ConvBase:
         layer: str = DEFAULT_LAYER,
         runtime: str = AUTO,
         threads: int | None = None,
+        pooled_layers: tuple[str, ...] = (),
     ) -> None:
-        validate(layer, image_size)
+        validate(layer, image_size, pooled_layers)
         self.weights_path: Path = resolve_weights(weights)
         self.image_size = image_size
         self.layer = layer
         self.runtime = resolve_runtime(runtime)
-        self.spec = make_spec(self.weights_path, layer, image_size, self.runtime)
+        self.spec = make_spec(self.weights_path, layer, image_size, self.runtime,
+                              tuple(pooled_layers))
+        #: The layers the model outputs, in the order it returns them.
+        self.layers = named.layers_needed(self.spec)
         self.model: Any = None
         self._onnx: OnnxConvBase | None = None
         if self.runtime == "onnxruntime":
             from extractor import onnx_runtime
 
             source, origin = onnx_runtime.load_or_export(
-                self.weights_path, self.spec.weights_sha256, layer, image_size
+                self.weights_path, self.spec.weights_sha256, self.layers, image_size
             )
             self._onnx = onnx_runtime.OnnxConvBase(source, threads)
         else:
             origin = str(self.weights_path)
-            self.model = build_keras_model(self.weights_path, image_size, layer)
+            self.model = build_keras_model(self.weights_path, image_size, self.layers)
         logger.info("loaded VGG16 conv base (%s, %s) on %s from %s",
-                    layer, image_size, self.runtime, origin)
+                    ", ".join(self.layers), image_size, self.runtime, origin)
 
-    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
-        if pixels.shape[0] == 0:
-            return np.zeros((0, *self.spec.feature_shape), dtype=np.float32)
+    def maps(self, pixels: NDArray[np.uint8]) -> dict[str, NDArray[np.float32]]:
+        """Layer name -> its output maps, for each of `self.layers` (one forward pass)."""
         x = preprocess(pixels)
         if self._onnx is not None:
             return self._onnx(x)
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)
+        outputs = self.model.predict_on_batch(x)
+        if not isinstance(outputs, list | tuple):
+            outputs = [outputs]
+        return {layer: np.asarray(out, dtype=np.float32)
+                for layer, out in zip(self.layers, outputs, strict=True)}
+
+    def __call__(self, pixels: NDArray[np.uint8]) -> named.Features:
+        if pixels.shape[0] == 0:
+            return named.empty(self.spec)
+        return named.from_maps(self.maps(pixels), self.spec)

@@ -35,7 +35,8 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
-from extractor.spec import FeatureSpec
+from extractor.features import pool as pool_maps
+from extractor.spec import FeatureSpec, parse_feature_name
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,60 @@ class FeatureCache:
             (p.decode("utf-8"), r.decode("utf-8"))
             for p, r in zip(grp["paths"][:], grp["reasons"][:], strict=True)
         ]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every named feature (`extractor.features`) this cache can give (`iter_named`)."""
+        return self.spec.available_names()
+
+    def _named_source(self, name: str) -> tuple[h5py.Dataset, str | None]:
+        """The dataset a named feature is read from, and the pooling to apply to it (if any)."""
+        stored = f"pooled/{name}"
+        if stored in self._file:
+            return self._file[stored], None
+        spec = self.spec
+        if name == spec.layer:
+            return self.features, None
+        layer, how = parse_feature_name(name)
+        if layer == spec.layer and how is not None:
+            return self.features, how  # a cache without stored pooled vectors: pool the maps
+        raise CacheError(
+            f"{self.path} holds no feature {name!r} (it has: {', '.join(self.feature_names)}); "
+            f"extract it again with the layers needed"
+        )
+
+    def iter_named(
+        self, names: Sequence[str], batch_size: int = 1024,
+        indices: Sequence[int] | NDArray[np.integer] | None = None,
+    ) -> Iterator[tuple[dict[str, NDArray[np.float32]], NDArray[np.int32]]]:
+        """Yield ({name: rows}, labels) for the named features, `batch_size` rows at a time."""
+        sources = {name: self._named_source(name) for name in names}
+        labels = self.labels
+        idx = (np.arange(len(labels), dtype=np.int64) if indices is None
+               else np.asarray(indices, dtype=np.int64))
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            order = np.argsort(chunk, kind="stable")
+            out: dict[str, NDArray[np.float32]] = {}
+            for name, (dataset, how) in sources.items():
+                rows = _read_rows(dataset, chunk[order])
+                if how is not None:
+                    rows = pool_maps(rows, how)
+                arranged = np.empty_like(rows)
+                arranged[order] = rows
+                out[name] = arranged
+            yield out, labels[chunk]
+
+    def read_named(
+        self, names: Sequence[str], indices: Sequence[int] | NDArray[np.integer] | None = None
+    ) -> dict[str, NDArray[np.float32]]:
+        """The named features of all (or the given) rows, in memory."""
+        parts = [batch for batch, _ in self.iter_named(names, 4096, indices)]
+        if parts:
+            return {name: np.concatenate([p[name] for p in parts]) for name in names}
+        shapes = {name: self._named_source(name) for name in names}
+        return {name: np.zeros((0, *(ds.shape[1:] if how is None else ds.shape[-1:])),
+                               np.float32) for name, (ds, how) in shapes.items()}
 
     def iter_batches(
         self, batch_size: int = 1024, indices: Sequence[int] | NDArray[np.integer] | None = None

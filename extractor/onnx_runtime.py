@@ -32,10 +32,9 @@ logger = logging.getLogger(__name__)
 
 HOME_ENV = "FEATCACHE_HOME"
 #: Bump when the graph the exporter writes could change.
-EXPORT_VERSION = "e1"
+EXPORT_VERSION = "e2"  # e2: one graph output per tapped layer, named after it
 OPSET = 17
 INPUT_NAME = "pixels"
-OUTPUT_NAME = "features"
 
 
 class ExportError(RuntimeError):
@@ -57,8 +56,8 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def export_name(weights_sha256: str, layer: str, image_size: int) -> str:
-    return f"vgg16-{weights_sha256}-{layer}-{image_size}-{EXPORT_VERSION}.onnx"
+def export_name(weights_sha256: str, layers: tuple[str, ...], image_size: int) -> str:
+    return f"vgg16-{weights_sha256}-{'+'.join(layers)}-{image_size}-{EXPORT_VERSION}.onnx"
 
 
 def candidate_dirs(weights_path: Path) -> list[Path]:
@@ -111,13 +110,18 @@ def save_atomic(data: bytes, path: Path) -> None:
 
 
 def export_model(model: Any) -> bytes:
-    """Serialise a Keras VGG16-style conv stack (NHWC float32 in) as an ONNX model (NHWC out)."""
+    """Serialise a Keras VGG16-style conv stack (NHWC float32 in) as an ONNX model.
+
+    The graph has one NHWC output per output of `model`, named after the layer it comes from.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [helper.make_node("Transpose", [INPUT_NAME], ["x0"], perm=[0, 3, 1, 2])]
     inits = []
     current = "x0"
+    wanted = {_layer_of(t) for t in model.outputs}
+    outputs = []
     for i, lay in enumerate(model.layers):
         kind = type(lay).__name__
         cfg = lay.get_config()
@@ -162,14 +166,16 @@ def export_model(model: Any) -> bytes:
         else:
             raise ExportError(f"layer {lay.name}: no ONNX translation for {kind}")
         current = out
-    nodes.append(helper.make_node("Transpose", [current], [OUTPUT_NAME], perm=[0, 2, 3, 1]))
+        if lay.name in wanted:
+            nodes.append(helper.make_node("Transpose", [current], [lay.name], perm=[0, 2, 3, 1]))
+            shape: list[str | int] = ["N", *(int(d) for d in lay.output.shape[1:])]
+            outputs.append(helper.make_tensor_value_info(lay.name, TensorProto.FLOAT, shape))
 
     in_shape: list[str | int] = ["N", *(int(d) for d in model.input_shape[1:])]
-    out_shape: list[str | int] = ["N", *(int(d) for d in model.output_shape[1:])]
     graph = helper.make_graph(
         nodes, f"{model.name}",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)],
+        outputs,
         initializer=inits,
     )
     proto = helper.make_model(
@@ -181,19 +187,28 @@ def export_model(model: Any) -> bytes:
     return data
 
 
+def _layer_of(tensor: Any) -> str:
+    """The name of the Keras layer that produced a model output tensor."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        raise ExportError(f"cannot tell which layer made output {tensor!r}")
+    return str(history[0].name)
+
+
 def load_or_export(
-    weights_path: Path, weights_sha256: str, layer: str, image_size: int
+    weights_path: Path, weights_sha256: str, layers: tuple[str, ...], image_size: int
 ) -> tuple[bytes | Path, str]:
-    """The ONNX model for these weights, exporting (once) if needed; returns (model, origin)."""
-    name = export_name(weights_sha256, layer, image_size)
+    """The ONNX model for these weights and output layers, exporting (once) if needed; returns
+    (model, origin)."""
+    name = export_name(weights_sha256, layers, image_size)
     found = find_export(weights_path, name)
     if found is not None:
         return found, str(found)
 
     from extractor.backbone import build_keras_model
 
-    logger.info("exporting the VGG16 conv base (%s, %s) to ONNX", layer, image_size)
-    data = export_model(build_keras_model(weights_path, image_size, layer))
+    logger.info("exporting the VGG16 conv base (%s, %s) to ONNX", ", ".join(layers), image_size)
+    data = export_model(build_keras_model(weights_path, image_size, layers))
     for folder in candidate_dirs(weights_path):
         if _writable_dir(folder):
             path = folder / name
@@ -210,7 +225,8 @@ def load_or_export(
 
 
 class OnnxConvBase:
-    """Runs an exported conv base with ONNX Runtime on the CPU. Float32 NHWC in and out."""
+    """Runs an exported conv base with ONNX Runtime on the CPU. Float32 NHWC in; a dict of
+    layer name -> NHWC maps out, one per graph output."""
 
     def __init__(self, model: bytes | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -226,7 +242,9 @@ class OnnxConvBase:
         so.log_severity_level = 3
         source = str(model) if isinstance(model, Path) else model
         self.session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        return np.asarray(out, dtype=np.float32)
+    def __call__(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        results = self.session.run(self.outputs, {INPUT_NAME: x})
+        return {name: np.asarray(out, dtype=np.float32)
+                for name, out in zip(self.outputs, results, strict=True)}

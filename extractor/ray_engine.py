@@ -101,7 +101,7 @@ class ShardWriter:
             if it.sha256 not in first and it.pixels is not None:
                 first[it.sha256] = len(unique)
                 unique.append(it.pixels)
-        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
+        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))[self.spec.layer]
                   for i in range(0, len(unique), self.batch_size)]
         feats = (np.concatenate(chunks) if chunks
                  else np.zeros((0, *self.spec.feature_shape), np.float32))

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from extractor.cache import (
     consolidate,
     open_cache,
 )
+from extractor.features import Features
 from extractor.images import ImageError, decode_image
 from extractor.spec import FeatureSpec
 from extractor.walk import Listing, scan
@@ -36,7 +37,13 @@ from extractor.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
-FeatureFn = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+#: Pixels -> named features (`extractor.features`); a plain array is taken as the main maps.
+FeatureFn = Callable[[NDArray[np.uint8]], "Features | NDArray[np.float32]"]
+
+
+def main_maps(out: Features | NDArray[np.float32], layer: str) -> NDArray[np.float32]:
+    """The main layer's maps from a feature function's result."""
+    return out[layer] if isinstance(out, Mapping) else out
 
 
 class ExtractError(RuntimeError):
@@ -305,7 +312,8 @@ def _extract(
         nonlocal pending_rows
         if not pending:
             return
-        feats = iter(features_fn(np.stack([px for item in pending for px in item.rows])))
+        batch = np.stack([px for item in pending for px in item.rows])
+        feats = iter(main_maps(features_fn(batch), staging.spec.layer))
         for item in pending:
             for view in range(len(item.rows)):
                 cp.paths.append(item.path)

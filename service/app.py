@@ -49,10 +49,22 @@ class Backbone(Protocol):
 BackboneFactory = Callable[[Path, int, str], Backbone]
 
 
+class _MainMaps:
+    """The conv base seen as maps of its main layer (what the served heads read today)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.spec: FeatureSpec = base.spec
+
+    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
+        maps: NDArray[np.float32] = self.base(pixels)[self.spec.layer]
+        return maps
+
+
 def conv_base_factory(weights_path: Path, image_size: int, layer: str) -> Backbone:
     from extractor.backbone import ConvBase
 
-    return ConvBase(weights_path, image_size=image_size, layer=layer)
+    return _MainMaps(ConvBase(weights_path, image_size=image_size, layer=layer))
 
 
 def _expected_spec(settings: Settings, heads: list[Head]) -> tuple[Path, FeatureSpec]:

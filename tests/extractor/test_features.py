@@ -41,8 +41,38 @@ def test_block4_pool_tap(conv_base, weights_path: Path, small_image_dir: Path) -
     tap = ConvBase(weights_path, layer="block4_pool")
     first = sorted(small_image_dir.glob("*/*.png"))[0]
     pixels = decode_image(first.read_bytes(), 150)[None]
-    assert tap(pixels).shape == (1, 9, 9, 512)
+    assert tap(pixels)["block4_pool"].shape == (1, 9, 9, 512)
     assert tap.spec.feature_shape == (9, 9, 512)
     assert tap.spec.differences(conv_base.spec) == {
         "layer": ("block4_pool", "block5_pool")
     }
+
+
+def test_several_layers_in_one_pass_equal_per_layer_keras(weights_path: Path,
+                                                          small_image_dir: Path) -> None:
+    """One forward pass gives block3/4/5_pool pooled vectors equal to separate Keras models'
+    outputs, pooled by hand (global average and max over positions)."""
+    import keras
+    from keras.applications.vgg16 import preprocess_input
+
+    from extractor.backbone import ConvBase
+
+    layers = ("block3_pool", "block4_pool", "block5_pool")
+    base = ConvBase(weights_path, runtime="keras", pooled_layers=layers)
+    files = sorted(small_image_dir.glob("*/*.png"))[::6]
+    pixels = np.stack([decode_image(f.read_bytes(), 150) for f in files])
+    ours = base(pixels)
+    assert sorted(ours) == sorted(["block5_pool", *(f"{la}/{p}" for la in layers
+                                                    for p in ("avg", "max"))])
+    vgg = keras.applications.VGG16(weights=str(weights_path), include_top=False,
+                                   input_shape=(150, 150, 3))
+    x = preprocess_input(pixels.astype(np.float32))
+    for layer, channels in zip(layers, (256, 512, 512), strict=True):
+        alone = keras.Model(vgg.input, vgg.get_layer(layer).output)
+        maps = np.asarray(alone.predict(x, verbose=0))
+        for pool, ref in (("avg", maps.mean(axis=(1, 2))), ("max", maps.max(axis=(1, 2)))):
+            got = ours[f"{layer}/{pool}"]
+            assert got.shape == (len(files), channels)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3, err_msg=f"{layer}/{pool}")
+    np.testing.assert_allclose(ours["block5_pool"], np.asarray(vgg.predict(x, verbose=0)),
+                               atol=1e-3)

@@ -71,7 +71,7 @@ def test_export_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     monkeypatch.setenv(onnx_runtime.HOME_ENV, str(tmp_path / "home"))
     assert onnx_runtime.candidate_dirs(weights) == [tmp_path / "home" / "onnx"]
-    name = onnx_runtime.export_name("ab" * 32, "block5_pool", 150)
+    name = onnx_runtime.export_name("ab" * 32, ("block5_pool",), 150)
     assert "ab" * 32 in name and "block5_pool-150" in name and name.endswith(".onnx")
 
 
@@ -95,8 +95,8 @@ def test_unwritable_cache_keeps_export_in_memory(
     monkeypatch.setattr(bb, "build_keras_model", lambda *_a: "model")
     monkeypatch.setattr(onnx_runtime, "export_model", lambda model: b"onnx-bytes")
     with caplog.at_level(logging.WARNING, logger="extractor.onnx_runtime"):
-        source, origin = onnx_runtime.load_or_export(tmp_path / "w.h5", "ab" * 32, "block5_pool",
-                                                     150)
+        source, origin = onnx_runtime.load_or_export(
+            tmp_path / "w.h5", "ab" * 32, ("block5_pool",), 150)
     assert (source, origin) == (b"onnx-bytes", "memory")
     assert "kept in memory" in caplog.text
 
@@ -112,7 +112,8 @@ def test_read_only_weights_folder_is_never_written(
     monkeypatch.setattr(onnx_runtime, "export_model", lambda model: b"onnx-bytes")
     folder.chmod(0o555)  # as the shared weights folder is, even when running as root
     try:
-        source, _ = onnx_runtime.load_or_export(folder / "w.h5", "ab" * 32, "block5_pool", 150)
+        source, _ = onnx_runtime.load_or_export(folder / "w.h5", "ab" * 32, ("block5_pool",),
+                                                 150)
     finally:
         folder.chmod(0o755)
     assert list(folder.iterdir()) == []
@@ -137,19 +138,27 @@ def test_onnx_features_equal_keras_on_real_images(
     onnx_home: Path, weights_path: Path, elpv_dir: Path
 ) -> None:
     pixels = _real_pixels(elpv_dir)
-    keras_base = bb.ConvBase(weights_path, runtime="keras")
-    ort_base = bb.ConvBase(weights_path, runtime="onnxruntime")
+    pooled = ("block3_pool", "block4_pool", "block5_pool")
+    keras_base = bb.ConvBase(weights_path, runtime="keras", pooled_layers=pooled)
+    ort_base = bb.ConvBase(weights_path, runtime="onnxruntime", pooled_layers=pooled)
     assert (keras_base.spec.runtime, ort_base.spec.runtime) == ("keras", "onnxruntime")
     assert keras_base.spec.differences(ort_base.spec) == {}
     reference = keras_base(pixels)
     ours = ort_base(pixels)
-    assert ours.dtype == np.float32
-    assert ours.shape == reference.shape == (16, 4, 4, 512)
-    assert float(reference.max()) > 10  # real activations, not zeros
-    assert float(np.abs(ours - reference).max()) <= 1e-3
+    assert sorted(ours) == sorted(reference) == sorted(keras_base.spec.stored_names())
+    maps = ours["block5_pool"]
+    assert maps.dtype == np.float32
+    assert maps.shape == reference["block5_pool"].shape == (16, 4, 4, 512)
+    assert float(reference["block5_pool"].max()) > 10  # real activations, not zeros
+    for name in ours:
+        # Pooled block3/block4 activations reach ~10^3: float32 summation order alone moves
+        # their last bits, so relative 1e-5 where that exceeds 1e-3.
+        np.testing.assert_allclose(ours[name], reference[name], rtol=1e-5, atol=1e-3,
+                                   err_msg=name)
     # Batch composition must not change an image's features.
-    np.testing.assert_allclose(ort_base(pixels[3:4])[0], ours[3], atol=1e-4)
-    assert ort_base(pixels[:0]).shape == (0, 4, 4, 512)
+    np.testing.assert_allclose(ort_base(pixels[3:4])["block5_pool"][0], maps[3], atol=1e-4)
+    assert ort_base(pixels[:0])["block5_pool"].shape == (0, 4, 4, 512)
+    assert ort_base(pixels[:0])["block3_pool/avg"].shape == (0, 256)
 
 
 @pytest.mark.slow
@@ -157,8 +166,10 @@ def test_onnx_features_equal_keras_on_real_images(
 def test_onnx_block4_pool_equals_keras(onnx_home: Path, weights_path: Path,
                                       elpv_dir: Path) -> None:
     pixels = _real_pixels(elpv_dir, per_folder=1)
-    reference = bb.ConvBase(weights_path, layer="block4_pool", runtime="keras")(pixels)
-    ours = bb.ConvBase(weights_path, layer="block4_pool", runtime="onnxruntime")(pixels)
+    reference = bb.ConvBase(weights_path, layer="block4_pool", runtime="keras")(pixels)[
+        "block4_pool"]
+    ours = bb.ConvBase(weights_path, layer="block4_pool", runtime="onnxruntime")(pixels)[
+        "block4_pool"]
     assert ours.shape == reference.shape == (4, 9, 9, 512)
     # block4_pool activations reach ~10^3, where float32 summation order alone moves the last
     # few bits: equal within 1e-3 absolute or 1e-5 relative, whichever is larger.
@@ -171,7 +182,7 @@ def test_export_is_cached_by_weights_hash(
     onnx_home: Path, weights_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = bb.ConvBase(weights_path, runtime="onnxruntime")
-    name = onnx_runtime.export_name(first.spec.weights_sha256, "block5_pool", 150)
+    name = onnx_runtime.export_name(first.spec.weights_sha256, ("block5_pool",), 150)
     assert (onnx_home / name).is_file()
     assert [p.name for p in onnx_home.iterdir() if p.name.startswith(".")] == []
 
@@ -181,7 +192,8 @@ def test_export_is_cached_by_weights_hash(
     monkeypatch.setattr(bb, "build_keras_model", no_keras)
     again = bb.ConvBase(weights_path, runtime="onnxruntime", threads=1)
     pixels = np.zeros((1, 150, 150, 3), np.uint8)
-    np.testing.assert_allclose(again(pixels), first(pixels), atol=1e-5)
+    np.testing.assert_allclose(again(pixels)["block5_pool"], first(pixels)["block5_pool"],
+                               atol=1e-5)
 
 
 @pytest.mark.slow

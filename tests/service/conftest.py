@@ -117,7 +117,9 @@ def real_client(
     """The app with the real conv base (the session's, loaded once) and two real heads."""
     settings = make_settings([head_dir, second_head_dir], weights_path,
                              max_batch_size=4, max_wait_ms=5)
-    app = create_app(settings, backbone_factory=lambda *_: conv_base)
+    from service.app import _MainMaps
+
+    app = create_app(settings, backbone_factory=lambda *_: _MainMaps(conv_base))
     with TestClient(app) as client:
         wait_ready(client, timeout_s=120)
         yield client

@@ -92,7 +92,8 @@ def test_compose_up_serves_a_mounted_head(
 
             head = load_head(head_dir)
             base = ConvBase(weights_path)
-            want = head.predict_proba(base(decode_image(image.read_bytes(), 150)[None]))[0]
+            maps = base(decode_image(image.read_bytes(), 150)[None])["block5_pool"]
+            want = head.predict_proba(maps)[0]
             got = [body["probabilities"][c] for c in head.classes_]
             np.testing.assert_allclose(got, want, atol=1e-3)
             bad = client.post("/predict", files={"file": ("x.txt", b"not an image")})
