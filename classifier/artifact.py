@@ -33,7 +33,8 @@ from numpy.typing import NDArray
 
 from classifier import plots
 from classifier.errors import ArtifactError
-from classifier.heads import Head
+from classifier.heads import Head, json_params
+from classifier.views import Views
 from extractor import FeatureSpec
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def save_head(
             "format": FORMAT,
             "name": out.name,
             "kind": head.kind,
-            "params": head.get_params(),
+            "params": json_params(head.get_params()),
             "classes": names,
             "class_indices": classes,
             "spec": spec.to_dict(),
@@ -139,7 +140,11 @@ def save_head(
 
 
 class LoadedHead:
-    """A head ready to serve: `predict_proba(maps)` with columns in `classes_` order."""
+    """A head ready to serve: `predict_proba(features)` with columns in `classes_` order.
+
+    `features` is a mapping of named features holding at least `feature_names` (what a cache
+    or `extractor.backbone.ConvBase` gives), or the main maps as an array.
+    """
 
     def __init__(self, path: Path, head: Head, metadata: dict[str, Any]) -> None:
         self.path = path
@@ -149,17 +154,40 @@ class LoadedHead:
         self.kind: str = metadata["kind"]
         self.classes_: list[str] = list(metadata["classes"])
         self.spec: FeatureSpec = FeatureSpec.from_dict(metadata["spec"])
+        #: The named features the head reads (heads saved before they were recorded: derived
+        #: from their parameters, which read the maps of the cache's layer).
+        self.feature_names: list[str] = list(metadata.get("features")
+                                             or head.feature_names(self.spec))
+        head.feature_names_ = self.feature_names
+        #: The views the head was trained on, which it averages over at prediction time.
+        self.views: Views = Views.from_dict(metadata.get("views")) if metadata.get(
+            "tta", True) else Views()
 
     def predict_proba(self, features: Any) -> NDArray[np.float64]:
-        x = np.asarray(features, dtype=np.float32)
-        if x.shape[1:] != tuple(self.spec.feature_shape):
-            raise ValueError(
-                f"features must have shape (N, {', '.join(map(str, self.spec.feature_shape))}) "
-                f"for head {self.name!r}; got shape {x.shape}"
-            )
-        if len(x) == 0:
+        if isinstance(features, Mapping):
+            missing = [n for n in self.feature_names if n not in features]
+            if missing:
+                raise ValueError(f"head {self.name!r} reads features {', '.join(missing)}, "
+                                 f"which were not given (got {', '.join(features)})")
+            n = len(features[self.feature_names[0]])
+        else:
+            from_maps = {self.spec.layer, f"{self.spec.layer}/avg", f"{self.spec.layer}/max"}
+            if not set(self.feature_names) <= from_maps:
+                raise ValueError(
+                    f"head {self.name!r} reads {', '.join(self.feature_names)}: pass a mapping "
+                    f"of named features (ConvBase's output, FeatureCache.read_named), not maps"
+                )
+            x = np.asarray(features, dtype=np.float32)
+            if x.shape[1:] != tuple(self.spec.feature_shape):
+                raise ValueError(
+                    f"features must have shape (N, "
+                    f"{', '.join(map(str, self.spec.feature_shape))}) for head {self.name!r}; "
+                    f"got shape {x.shape}"
+                )
+            features, n = x, len(x)
+        if n == 0:
             return np.zeros((0, len(self.classes_)), np.float64)
-        return self.head.predict_proba(x)
+        return self.head.predict_proba(features)
 
     def __repr__(self) -> str:
         return f"LoadedHead(name={self.name!r}, kind={self.kind!r}, classes={self.classes_!r})"

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 TRAIN_EPILOG = """\
-Heads (all take the cache's 4x4x512 maps; pooling turns a map into a vector):
-  logreg  (default) logistic regression in a Pipeline with a StandardScaler; defaults
-          --pooling avgmax --C 0.03: the best measured on ELPV (see BENCHMARKS.md)
+Heads (each reads named features of the cache: pooled vectors of one or several layers, or
+the maps of its main layer):
+  logreg  (default) logistic regression in a Pipeline with a StandardScaler on avg+max pooled
+          vectors; C and the layers (block5, block4, block4+5, block3+4+5, as far as the
+          cache holds them) are chosen by cross-validation on the training cache
   svm     RBF support-vector machine with a StandardScaler, Platt-scaled probabilities;
-          defaults --pooling avgmax --C 10
+          C and layers chosen by cross-validation as for logreg
+  auto    logreg or svm, whichever cross-validates better (with their C and layers)
   dense   the recipe's Keras head: pooling -> Dense(256, relu) -> Dropout(0.5) -> sigmoid
           (2 classes) / softmax; RMSprop; defaults --pooling flatten --learning-rate 1e-4,
           early stopping on validation loss (patience 20) restoring the best weights
@@ -27,8 +30,22 @@ Heads (all take the cache's 4x4x512 maps; pooling turns a map into a vector):
           the dense head, on a cache of block4_pool maps (extract --layer block4_pool): the
           head trains with block5 frozen, then block5_conv1..3 train with it at lr 1e-5
 
+Selection: for logreg, svm and auto, the settings not given on the command line (--C,
+--layers, the kind) are chosen by stratified --cv-fold cross-validation over the training
+cache's images (all views of an image in one fold), scored as the head will predict; the CV
+mean and spread of every candidate go into metadata.json. --cv 0 skips it (defaults: C 0.03,
+every layer the cache holds). Cost: one fit per candidate and fold (seconds on 714 images,
+about a minute with 7 views each).
+
+Views: on a cache extracted with --augment K, the head trains on every view and, at
+prediction time (evaluate, predict, serve), averages its probabilities over each image's
+views: K+1 forward passes of the conv base per image in serve and predict. Extract
+validation/test caches with the same --augment K --augment-mode to evaluate that way.
+--no-tta makes the head predict from each image alone.
+
 Validation: --val-cache (same feature spec and class names as --cache, else refused) or a
-stratified, seeded hold-out of --val-split of the training cache.
+stratified, seeded hold-out of --val-split of the training cache; used once, for the report
+after training, never to choose settings.
 
 The artifact directory (--out) holds the model (model.keras or model.skops), metadata.json
 (classes, feature spec, params, metrics, versions), confusion_matrix.png and, for dense heads,
@@ -50,6 +67,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _layer_list(text: str) -> list[str]:
+    from extractor.backbone import LAYERS
+
+    layers = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [layer for layer in layers if layer not in LAYERS]
+    if not layers or unknown:
+        raise argparse.ArgumentTypeError(
+            f"choose from {', '.join(LAYERS)}, comma-separated; got {text!r}")
+    return layers
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train-head",
@@ -64,8 +92,17 @@ def build_train_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-split", type=float, default=0.2,
                      help="fraction held out for validation when no --val-cache "
                      "(default: %(default)s)")
-    p.add_argument("--head", choices=("logreg", "svm", "dense", "finetune"), default="logreg",
-                   help="head kind (default: %(default)s)")
+    p.add_argument("--head", choices=("logreg", "svm", "auto", "dense", "finetune"),
+                   default="logreg", help="head kind (default: %(default)s)")
+    p.add_argument("--cv", type=int, default=5, metavar="K",
+                   help="folds of the cross-validation that chooses logreg/svm/auto settings; "
+                   "0 skips it (default: %(default)s)")
+    p.add_argument("--layers", type=_layer_list, default=None, metavar="LAYER[,LAYER...]",
+                   help="layers whose pooled vectors the head reads, e.g. "
+                   "block3_pool,block4_pool,block5_pool (default: chosen by --cv for "
+                   "logreg/svm; the maps of the cache's layer for dense)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="never average over augmented views at prediction time")
     p.add_argument("--fine-tune", choices=("block5",), default=None,
                    help="fine-tune VGG16's block5 with a dense head on a block4_pool cache "
                    "(same as --head finetune)")
@@ -81,7 +118,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="weight classes inversely to their frequency (default: %(default)s)")
     g = p.add_argument_group("logreg and svm")
     g.add_argument("--C", type=_positive_float, default=None,
-                   help="inverse regularisation strength (default: 0.03 logreg, 10 svm)")
+                   help="inverse regularisation strength (default: chosen by --cv; with --cv 0, "
+                   "0.03 logreg, 10 svm)")
     g.add_argument("--scaling", choices=("standard", "sqrt", "l2"), default="standard",
                    help="standard: StandardScaler; sqrt: square root, then StandardScaler; "
                    "l2: unit-norm rows (default: %(default)s)")
@@ -116,11 +154,13 @@ def _head_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {"class_weight": args.class_weight}
     if args.pooling is not None:
         params["pooling"] = args.pooling
-    if args.head in ("logreg", "svm"):
+    if args.layers is not None and args.head != "finetune":
+        params["layers"] = args.layers
+    if args.head in ("logreg", "svm", "auto"):
         params["scaling"] = args.scaling
         if args.C is not None:
             params["C"] = args.C
-        if args.head == "svm":
+        if args.head == "svm" or (args.head == "auto" and args.kernel != "rbf"):
             params["kernel"] = args.kernel
     else:
         names = ["learning_rate", "epochs", "patience", "batch_size", "units", "dropout"]
@@ -145,6 +185,8 @@ def train_main(argv: list[str] | None = None) -> int:
         args.head = "finetune"
     if args.val_cache is None and not 0 < args.val_split < 1:
         parser.error(f"--val-split must be between 0 and 1 (exclusive); got {args.val_split}")
+    if args.cv == 1 or args.cv < 0:
+        parser.error(f"--cv must be 0 (no selection) or at least 2; got {args.cv}")
     _setup(args.quiet)
     for noisy in ("h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -156,7 +198,7 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         path = train(args.cache, out, head=args.head, val_cache=args.val_cache,
                      val_split=args.val_split, seed=args.seed, params=_head_params(args),
-                     overwrite=args.force)
+                     overwrite=args.force, cv=args.cv, tta=args.tta)
     except (ValueError, RuntimeError, OSError) as exc:  # DataError, SpecMismatchError, CacheError
         print(f"train-head: error: {exc}", file=sys.stderr)
         return 1
@@ -164,9 +206,20 @@ def train_main(argv: list[str] | None = None) -> int:
         meta = read_metadata(path)
         val = meta["metrics"]["validation"]
         print(f"head:       {path} ({meta['kind']}, classes: {', '.join(meta['classes'])})")
-        print(f"train:      {meta['data']['train_size']} rows, accuracy "
-              f"{meta['metrics']['train']['accuracy']:.4f}, {meta['train_seconds']:.1f}s")
-        print(f"validation: {meta['data']['validation_size']} rows, accuracy "
+        print(f"features:   {', '.join(meta['features'])}"
+              + (f"; averages over {meta['views']['count'] + 1} views per image"
+                 if meta.get("tta") else ""))
+        if meta.get("selection"):
+            chosen = meta["selection"]["chosen"]
+            params = {k: v for k, v in chosen["params"].items() if k in ("C", "layers")}
+            print(f"selection:  {len(meta['selection']['candidates'])} settings, "
+                  f"{meta['selection']['folds']}-fold CV on the training cache; chosen "
+                  f"{chosen['kind']} {params}: CV accuracy {chosen['cv_accuracy_mean']:.4f} "
+                  f"± {chosen['cv_accuracy_std']:.4f}")
+        print(f"train:      {meta['data']['train_images']} images ({meta['data']['train_size']} "
+              f"rows), accuracy {meta['metrics']['train']['accuracy']:.4f}, "
+              f"{meta['train_seconds']:.1f}s")
+        print(f"validation: {meta['data']['validation_size']} images, accuracy "
               f"{val['accuracy']:.4f}")
     return 0
 
@@ -185,6 +238,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print JSON (accuracy, per_class, roc_auc, confusion_matrix, ...) "
                    "instead of a table")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="predict from each image alone, even when the head was trained on "
+                   "augmented views and the cache holds them (default: average over them)")
     return p
 
 
@@ -196,14 +252,16 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     from classifier.metrics import format_table
 
     try:
-        result = evaluate(args.head, args.cache)
+        result = evaluate(args.head, args.cache, tta=args.tta)
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"head {result['head']} on {result['cache']}")
+        views = (f", averaged over {result['views_averaged']} views each"
+                 if result["views_averaged"] > 1 else "")
+        print(f"head {result['head']} on {result['cache']}: {result['images']} images{views}")
         print(format_table(result, result["classes"]))
     return 0
 

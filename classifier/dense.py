@@ -8,7 +8,7 @@ the best weights, so `epochs` is a ceiling rather than a number to tune.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -16,8 +16,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from classifier.errors import ArtifactError
-from classifier.heads import CLASS_WEIGHTS, Head, as_labels, check_choice, check_positive
+from classifier.heads import (
+    CLASS_WEIGHTS,
+    Head,
+    as_labels,
+    check_choice,
+    check_positive,
+    pooled_names,
+)
 from classifier.pooling import check_pooling
+from extractor import FeatureSpec
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ class DenseHead(Head):
         patience: int = 20,
         class_weight: str = "balanced",
         seed: int = 0,
+        layers: Sequence[str] | None = None,
     ) -> None:
         self.pooling = pooling
         self.units = units
@@ -47,19 +56,17 @@ class DenseHead(Head):
         self.patience = patience
         self.class_weight = class_weight
         self.seed = seed
+        #: Layers whose pooled vectors feed the head; None: the maps of the cache's layer,
+        #: pooled inside the Keras model as `pooling` says (the recipe's head).
+        self.layers = layers
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "pooling": self.pooling,
-            "units": int(self.units),
-            "dropout": float(self.dropout),
-            "learning_rate": float(self.learning_rate),
-            "batch_size": int(self.batch_size),
-            "epochs": int(self.epochs),
-            "patience": int(self.patience),
-            "class_weight": self.class_weight,
-            "seed": int(self.seed),
-        }
+    def feature_names(self, spec: FeatureSpec) -> list[str]:
+        if not self.layers:
+            return [spec.layer]
+        check_pooling(self.pooling)
+        if self.pooling == "flatten":
+            raise ValueError("pooling=flatten reads maps; with layers= choose avg, max or avgmax")
+        return pooled_names(list(self.layers), self.pooling)
 
     def _validate(self) -> None:
         check_pooling(self.pooling)
@@ -149,7 +156,7 @@ class DenseHead(Head):
             labels = np.asarray(X.labels, dtype=np.int64)
             input_shape = tuple(X.feature_shape)
         else:
-            X = np.asarray(X, dtype=np.float32)
+            X = np.asarray(self.assemble(X), dtype=np.float32)
             labels = as_labels(y, len(X))
             input_shape = X.shape[1:]
         self.classes_ = np.unique(labels)
@@ -169,7 +176,7 @@ class DenseHead(Head):
                 vx.label_map = index
                 val = vx
             else:
-                val = (np.asarray(vx, dtype=np.float32), encode(np.asarray(vy)))
+                val = (np.asarray(self.assemble(vx), dtype=np.float32), encode(np.asarray(vy)))
         if streamed:
             X.label_map = index
             data: dict[str, Any] = {"x": X}
@@ -189,7 +196,7 @@ class DenseHead(Head):
         )
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
-        x = np.asarray(X, dtype=np.float32)
+        x = np.asarray(self.assemble(X), dtype=np.float32)
         p = np.asarray(self.model_.predict(x, batch_size=256, verbose=0), dtype=np.float64)
         if p.shape[1] == 1:
             p = np.concatenate([1.0 - p, p], axis=1)

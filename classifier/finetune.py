@@ -47,14 +47,8 @@ class FineTuneHead(DenseHead):
         self.fine_tune_learning_rate = fine_tune_learning_rate
         self.fine_tune_epochs = fine_tune_epochs
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        params.update(
-            weights=self.weights,
-            fine_tune_learning_rate=float(self.fine_tune_learning_rate),
-            fine_tune_epochs=int(self.fine_tune_epochs),
-        )
-        return params
+    def feature_names(self, spec: FeatureSpec) -> list[str]:
+        return [INPUT_LAYER]
 
     def check_spec(self, spec: FeatureSpec) -> None:
         """Fine-tuning needs block4_pool maps made with the weights block5 will start from."""
@@ -103,12 +97,12 @@ class FineTuneHead(DenseHead):
 
         self._validate()
         keras.utils.set_random_seed(self.seed)
-        X = np.asarray(X, dtype=np.float32)
+        X = np.asarray(self.assemble(X), dtype=np.float32)
         block5 = self._block5(X.shape[1:])
         val5 = None
         if validation_data is not None:
-            vx = block5.predict(np.asarray(validation_data[0], np.float32), batch_size=64,
-                                verbose=0)
+            vx = block5.predict(np.asarray(self.assemble(validation_data[0]), np.float32),
+                                batch_size=64, verbose=0)
             val5 = (vx, validation_data[1])
         dense_params = {k: v for k, v in self.get_params().items()
                         if k in DenseHead().get_params()}

@@ -1,29 +1,38 @@
 """Every head behind one small interface: `fit(X, y)`, `predict_proba(X)`, `classes_`.
 
-X is always what the cache holds, (N, H, W, C) feature maps; a head owns its own reduction of the
-map to a vector (pooling, scaling), so the evaluator and the service never branch on the head's
-kind. Labels are the cache's integer class indices; `classes_` lists those seen in training, in
-the order of `predict_proba`'s columns.
+X is what a cache gives: a mapping of named features (`extractor.features`: the main layer's
+maps under its name, `<layer>/avg` and `<layer>/max` pooled vectors) read for the names
+`feature_names(spec)` lists, or, as before named features existed, (N, H, W, C) maps of the
+head's one layer. A head owns its own reduction of those to the vectors its model sees
+(`reduce`: selecting and concatenating the named features, pooling, scaling), so the evaluator
+and the service never branch on the head's kind. A 2-D array is taken as already reduced: that
+is how the trainer feeds a cache read in chunks, and how scikit-learn tools
+(`cross_val_score`, `GridSearchCV`) use a head on vectors they hold. Labels are the cache's
+integer class indices; `classes_` lists those seen in training, in the order of
+`predict_proba`'s columns.
 
-The scikit-learn heads keep the whole (pooled) training set in memory: their solvers need it.
-They also accept rows already reduced by `reduce` (2-D), which is how the trainer feeds them a
-cache read in chunks without ever holding the full maps.
+Heads are scikit-learn estimators (`BaseEstimator`, `ClassifierMixin`): `get_params`,
+`set_params`, `clone` and `score` work as for any classifier.
+
+The scikit-learn heads keep the whole (reduced) training set in memory: their solvers need it.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from classifier.errors import ArtifactError
+from classifier.errors import ArtifactError, DataError
 from classifier.pooling import check_pooling, pool
 from extractor import FeatureSpec
+from extractor.spec import POOLS, feature_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +59,34 @@ def as_labels(y: Any, n: int) -> NDArray[np.int64]:
     return labels
 
 
-class Head(abc.ABC):
-    """A trainable classifier on cached feature maps."""
+def pooled_names(layers: Sequence[str], pooling: str) -> list[str]:
+    """The named pooled vectors a pooling of these layers reads, in concatenation order."""
+    pools = POOLS if pooling == "avgmax" else (pooling,)
+    return [feature_name(layer, p) for layer in layers for p in pools]
+
+
+def json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor parameters as JSON values (tuples -> lists, numpy scalars -> Python)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    return {k: plain(v) for k, v in params.items()}
+
+
+def main_maps_layer(features: Mapping[str, Any]) -> str:
+    """The name of the maps in a mapping of named features (the one 4-D entry without '/')."""
+    layers = [k for k, v in features.items() if "/" not in k and np.ndim(v) == 4]
+    if len(layers) != 1:
+        raise ValueError(f"cannot tell the maps among features {sorted(features)}")
+    return layers[0]
+
+
+class Head(ClassifierMixin, BaseEstimator, abc.ABC):
+    """A trainable classifier on cached features."""
 
     kind: ClassVar[str]
     #: File name of the saved model inside an artifact directory.
@@ -59,10 +94,50 @@ class Head(abc.ABC):
     classes_: NDArray[np.int64]
     #: Per-epoch metrics for heads trained by epochs (dense); None for the others.
     history_: dict[str, list[float]] | None = None
+    #: The named features the head reads, in order: set by `use_features` before fitting on a
+    #: cache (and restored from the artifact); None until then.
+    feature_names_: list[str] | None = None
 
-    @abc.abstractmethod
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters (JSON-serialisable): `type(self)(**get_params())` is a twin."""
+    def feature_names(self, spec: FeatureSpec) -> list[str]:
+        """The named features this head reads from features made as `spec` describes."""
+        return [spec.layer]
+
+    def use_features(self, spec: FeatureSpec) -> list[str]:
+        """Fix the features to read from caches of `spec`; refuse (DataError) what it lacks."""
+        try:
+            names = self.feature_names(spec)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        missing = spec.missing(names)
+        if missing:
+            raise DataError(
+                f"the {self.kind} head reads features the cache does not hold: "
+                f"{', '.join(missing)} (it holds {', '.join(spec.available_names())}); extract "
+                f"with --pooled-layers naming those layers"
+            )
+        self.feature_names_ = names
+        return names
+
+    def assemble(self, X: Any) -> Any:
+        """Named features -> the array the head reduces: the maps (N, H, W, C) when the head
+        reads maps, else its pooled vectors side by side (N, D). Arrays pass through."""
+        if not isinstance(X, Mapping):
+            return X
+        names = self.feature_names_ or self._names_from(X)
+        parts = [np.asarray(X[name], dtype=np.float32) for name in names]
+        if len(parts) == 1:
+            return parts[0]
+        if any(p.ndim != 2 for p in parts):
+            raise ValueError(f"cannot join maps with other features ({', '.join(names)})")
+        return np.concatenate(parts, axis=1)
+
+    def _names_from(self, features: Mapping[str, Any]) -> list[str]:
+        """Resolve `feature_names` when given named features without a spec (Python API)."""
+        layer = main_maps_layer(features)
+        spec = FeatureSpec("", "", layer, 0, "", tuple(np.shape(features[layer])[1:]),
+                           pooled_layers=tuple(sorted({k.split("/")[0] for k in features
+                                                       if "/" in k})))
+        return self.use_features(spec)
 
     @abc.abstractmethod
     def fit(
@@ -81,10 +156,10 @@ class Head(abc.ABC):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def reduce(self, X: Any) -> NDArray[np.float32]:
-        """The head's own reduction of maps, applied chunk by chunk before `fit` (identity here)."""
-        return np.asarray(X, dtype=np.float32)
+        """The head's own reduction of its input, applied chunk by chunk before `fit`."""
+        return np.asarray(self.assemble(X), dtype=np.float32)
 
-    def check_spec(self, spec: FeatureSpec) -> None:  # noqa: B027 - optional hook
+    def check_spec(self, spec: FeatureSpec) -> None:
         """Refuse (DataError) features this kind of head cannot train on; any are fine here."""
 
     @abc.abstractmethod
@@ -121,21 +196,27 @@ class SklearnHead(Head):
         C: float = 1.0,
         class_weight: str = "balanced",
         seed: int = 0,
+        layers: Sequence[str] | None = None,
     ) -> None:
         self.pooling = pooling
         self.scaling = scaling
         self.C = C
         self.class_weight = class_weight
         self.seed = seed
+        #: Layers whose pooled vectors are joined; None: the cache's main layer alone.
+        self.layers = layers
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "pooling": self.pooling,
-            "scaling": self.scaling,
-            "C": float(self.C),
-            "class_weight": self.class_weight,
-            "seed": int(self.seed),
-        }
+    def feature_names(self, spec: FeatureSpec) -> list[str]:
+        check_pooling(self.pooling)
+        layers = list(self.layers) if self.layers else [spec.layer]
+        if self.pooling == "flatten":
+            if layers != [spec.layer]:
+                raise ValueError(
+                    f"pooling=flatten reads the maps of the cache's layer {spec.layer}; it "
+                    f"cannot join other layers (layers={layers})"
+                )
+            return [spec.layer]
+        return pooled_names(layers, self.pooling)
 
     def _validate(self) -> None:
         check_pooling(self.pooling)
@@ -158,10 +239,15 @@ class SklearnHead(Head):
         return Pipeline([("scale", scaler), ("clf", self._estimator())])
 
     def reduce(self, X: Any) -> NDArray[np.float32]:
-        x = np.asarray(X)
-        if x.ndim == 2:  # already reduced (the trainer pools chunk by chunk)
-            return x.astype(np.float32, copy=False)
-        v = pool(x, self.pooling)
+        if isinstance(X, Mapping):
+            x = self.assemble(X)
+            v = x.reshape(len(x), -1) if x.ndim == 4 else x  # flatten's maps, or pooled vectors
+        else:
+            x = np.asarray(X)
+            if x.ndim == 2:  # already reduced (the trainer reduces chunk by chunk)
+                return x.astype(np.float32, copy=False)
+            v = pool(x, self.pooling)  # maps of the head's one layer
+        v = np.asarray(v, dtype=np.float32)
         if self.scaling == "sqrt":
             # Power normalisation: post-ReLU activations are heavy-tailed; the root evens them.
             v = np.sqrt(np.maximum(v, 0.0))
@@ -262,13 +348,11 @@ class LogRegHead(SklearnHead):
         C: float = 0.03,
         class_weight: str = "balanced",
         seed: int = 0,
+        layers: Sequence[str] | None = None,
         max_iter: int = 5000,
     ) -> None:
-        super().__init__(pooling, scaling, C, class_weight, seed)
+        super().__init__(pooling, scaling, C, class_weight, seed, layers)
         self.max_iter = max_iter
-
-    def get_params(self) -> dict[str, Any]:
-        return {**super().get_params(), "max_iter": int(self.max_iter)}
 
     def _estimator(self) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -299,13 +383,11 @@ class SVMHead(SklearnHead):
         C: float = 10.0,
         class_weight: str = "balanced",
         seed: int = 0,
+        layers: Sequence[str] | None = None,
         kernel: str = "rbf",
     ) -> None:
-        super().__init__(pooling, scaling, C, class_weight, seed)
+        super().__init__(pooling, scaling, C, class_weight, seed, layers)
         self.kernel = kernel
-
-    def get_params(self) -> dict[str, Any]:
-        return {**super().get_params(), "kernel": self.kernel}
 
     def _validate(self) -> None:
         super()._validate()

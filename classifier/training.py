@@ -13,8 +13,13 @@ import numpy as np
 from classifier.artifact import save_head
 from classifier.data import Subset, training_data
 from classifier.dense import DenseHead
+from classifier.errors import DataError
+from classifier.heads import Head
 from classifier.metrics import classification_metrics
-from classifier.registry import make_head
+from classifier.registry import HEADS, make_head
+from classifier.selection import DEFAULT_FOLDS, SELECTABLE, candidates, choose, cross_validate
+from classifier.views import Views, predict_images, use_views
+from extractor import FeatureSpec, open_cache
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +27,8 @@ DEFAULT_HEAD = "logreg"
 #: Above this many bytes of feature maps the dense head streams batches from the cache
 #: instead of reading the set into memory (ELPV's 714 maps are 23 MB: read at once).
 STREAM_ABOVE_BYTES = 1 << 30
+#: Parameters cross-validation chooses for the scikit-learn heads when not given.
+SELECTED = ("C", "layers")
 
 
 def train(
@@ -34,77 +41,138 @@ def train(
     params: dict[str, Any] | None = None,
     overwrite: bool = False,
     stream_above_bytes: int = STREAM_ABOVE_BYTES,
+    cv: int = DEFAULT_FOLDS,
+    tta: bool = True,
 ) -> Path:
-    """Train a `head` ("logreg", "svm", "dense") on `cache_path`; return the artifact's path.
+    """Train a head on `cache_path`; return the artifact's path.
+
+    `head` is "logreg", "svm", "dense", "finetune" or "auto" (the best of logreg and svm by
+    cross-validation). For logreg, svm and auto, the settings not given in `params` (C, which
+    layers' pooled features; with auto the kind) are chosen by `cv`-fold cross-validation on
+    the training cache (`classifier.selection`); `cv=0` skips it and uses each head's
+    defaults. `params` are the head's constructor parameters beyond `seed`.
 
     Validation: `val_cache` when given (same feature spec and class names, else refused),
-    otherwise a stratified hold-out of `val_split` of the training cache, drawn with `seed`.
-    `params` are the head's constructor parameters (pooling, C, learning_rate, ...) beyond
-    `seed`. Raises `DataError`, `extractor.SpecMismatchError` or `extractor.CacheError` (with
-    a one-line message) for unusable input.
+    otherwise a stratified hold-out of `val_split` of the training cache, drawn with `seed`;
+    it is measured once, after training, never used to choose. With a cache of augmented
+    views the head averages its probabilities over each image's views (`tta`;
+    `classifier.views`). Raises `DataError`, `extractor.SpecMismatchError` or
+    `extractor.CacheError` (with a one-line message) for unusable input.
     """
     params = dict(params or {})
     params.setdefault("seed", seed)
-    model = make_head(head, **params)
+    if head not in (*HEADS, "auto"):
+        raise ValueError(f"head must be one of {', '.join((*HEADS, 'auto'))}; got head={head!r}")
+    if cv == 1 or cv < 0:
+        raise DataError(f"cv must be 0 (no selection) or at least 2 folds; got cv={cv}")
     data = training_data(cache_path, val_cache, val_split, seed)
+    views = _cache_views(data.train.path)
+    averaging = bool(views) and tta
+
+    selection: dict[str, Any] | None = None
+    kind = head
+    if head in SELECTABLE and cv:
+        cands = candidates(head, params, data.spec)
+        if len(cands) > 1:
+            scores = cross_validate(cands, data.train, data.spec, cv, seed, averaging)
+            best = choose(scores)
+            kind, params = best.candidate.kind, dict(best.candidate.params)
+            selection = {
+                "method": "stratified k-fold cross-validation over images "
+                          "(all views of an image in one fold)",
+                "folds": cv, "seed": seed, "metric": "accuracy over images",
+                "averaged_over_views": averaging,
+                "chosen": best.to_dict(),
+                "candidates": [s.to_dict() for s in scores],
+            }
+            logger.info("chose %s: CV accuracy %.4f ± %.4f over %d folds",
+                        best.candidate.label(), best.mean, best.std, cv)
+    if kind == "auto":
+        kind = "logreg"  # cv=0: no selection, the default kind
+    if kind in ("logreg", "svm") and "layers" not in params:
+        params["layers"] = _default_layers(data.spec)
+    model = make_head(kind, **params)
     model.check_spec(data.spec)
+    model.use_features(data.spec)
     k = len(data.class_names)
     logger.info(
-        "training %s head on %d rows, validating on %d (%s)",
-        head, len(data.train), len(data.validation), data.validation_source,
+        "training %s head on %d rows (%s), validating on %s (%s)",
+        kind, len(data.train), views.describe(), data.validation_source,
+        ", ".join(model.feature_names_ or []),
     )
 
     start = time.perf_counter()
-    streamed = isinstance(model, DenseHead) and data.train.nbytes > stream_above_bytes
+    val_plain = data.validation.take(np.flatnonzero(data.validation.views == 0))
+    reads_maps = model.feature_names_ == [data.spec.layer]
+    streamed = (isinstance(model, DenseHead) and reads_maps
+                and data.train.nbytes > stream_above_bytes)
     if streamed:
         from classifier.streaming import CacheBatches
 
         bs = int(model.get_params()["batch_size"])
         model.fit(
             CacheBatches(data.train, bs, shuffle=True, seed=seed), None,
-            validation_data=(CacheBatches(data.validation, 256, shuffle=False, seed=seed), None),
+            validation_data=(CacheBatches(val_plain, 256, shuffle=False, seed=seed), None),
         )
     else:
-        X, y = data.train.load(model.reduce)
-        Xv, yv = data.validation.load(model.reduce)
+        names = model.feature_names_
+        X, y = data.train.load(model.reduce, names)
+        Xv, yv = val_plain.load(model.reduce, names)
         model.fit(X, y, validation_data=(Xv, yv))
     train_seconds = time.perf_counter() - start
 
+    head_views = views if tta else Views()
+    val_views = _cache_views(data.validation.path)
     metrics = {
-        "train": _measure(model, data.train, k, data.class_names),
-        "validation": _measure(model, data.validation, k, data.class_names),
+        "train": _measure(model, data.train, k, data.class_names,
+                          use_views(head_views, views, tta, "the training cache")),
+        "validation": _measure(model, data.validation, k, data.class_names,
+                               use_views(head_views, val_views, tta, "the validation cache")),
     }
     logger.info(
         "%s head: train accuracy %.4f, validation accuracy %.4f (%.1fs)",
-        head, metrics["train"]["accuracy"], metrics["validation"]["accuracy"], train_seconds,
+        kind, metrics["train"]["accuracy"], metrics["validation"]["accuracy"], train_seconds,
     )
-    extra = {
+    extra: dict[str, Any] = {
         "data": {
             "train_cache": str(Path(cache_path).resolve()),
             "train_size": len(data.train),
+            "train_images": len(np.unique(data.train.groups)),
             "train_class_counts": data.train.class_counts(k),
             "validation": data.validation_source,
-            "validation_size": len(data.validation),
-            "validation_class_counts": data.validation.class_counts(k),
+            "validation_size": int(np.sum(data.validation.views == 0)),
+            "validation_class_counts": val_plain.class_counts(k),
             "streamed": streamed,
         },
+        "features": list(model.feature_names_ or []),
+        "views": views.to_dict() if views else None,
+        "tta": averaging,
+        "selection": selection,
         "train_seconds": round(train_seconds, 3),
     }
     if getattr(model, "best_epoch_", None) is not None:
-        extra["best_epoch"] = int(model.best_epoch_)  # type: ignore[attr-defined]
+        extra["best_epoch"] = int(model.best_epoch_)
     return save_head(model, out_dir, spec=data.spec, class_names=data.class_names,
                      metrics=metrics, extra=extra, overwrite=overwrite)
 
 
-def _measure(model: Any, subset: Subset, k: int, class_names: list[str]) -> dict[str, Any]:
-    """Metrics over all cache classes: the head's columns are placed at their class index."""
-    proba = np.zeros((len(subset), k))
-    offset = 0
-    chunk = 1024
-    for start in range(0, len(subset), chunk):
-        part = Subset(subset.path, subset.indices[start : start + chunk],
-                      subset.labels[start : start + chunk], subset.feature_shape)
-        X, _ = part.load(model.reduce)
-        proba[offset : offset + len(X)][:, model.classes_] = model.predict_proba(X)
-        offset += len(X)
-    return classification_metrics(subset.labels, proba, class_names)
+def _default_layers(spec: FeatureSpec) -> list[str]:
+    """Without selection: every layer whose pooled vectors the cache holds, else its own."""
+    return list(spec.pooled_layers) or [spec.layer]
+
+
+def _cache_views(path: Path) -> Views:
+    with open_cache(path) as cache:
+        return Views.from_attrs(cache.attrs)
+
+
+def _measure(model: Head, subset: Subset, k: int, class_names: list[str],
+             averaged: bool) -> dict[str, Any]:
+    """Metrics over images on all cache classes: the head's columns at their class index."""
+    images, first = predict_images(model.predict_proba, subset, model.feature_names_ or [],
+                                   averaged)
+    proba = np.zeros((len(images), k))
+    proba[:, model.classes_] = images
+    out = classification_metrics(subset.labels[first], proba, class_names)
+    out["averaged_over_views"] = averaged
+    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extractor import FeatureSpec
+from extractor import FeatureSpec, write_cache
 
 SHAPE = (2, 2, 8)
 
@@ -31,3 +31,19 @@ def synthetic(n_per_class: int, n_classes: int, seed: int) -> tuple[np.ndarray, 
 
 
 MakeCache = Callable[..., Path]
+
+K = 3  # views per image
+
+
+def views_cache(path: Path, n_per_class: int = 20, seed: int = 0, mode: str = "dihedral",
+                noise: float = 0.1) -> Path:
+    X, y = synthetic(n_per_class, 2, seed)
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(len(y)), K + 1)
+    feats = X[rows] + rng.normal(0, noise, size=(len(rows), *SHAPE)).astype(np.float32)
+    paths = [f"c{y[i]}/{i:04d}.png" for i in rows]
+    attrs = {"augment_views": K, "augment_seed": 0, "augment_mode": mode,
+             "augmentation": f"{mode}: test views"}
+    return write_cache(path, feats, y[rows], paths, make_spec(), class_names=["c0", "c1"],
+                       views=np.tile(np.arange(K + 1), len(y)), extra_attrs=attrs)
+
