@@ -162,11 +162,12 @@ class HeadStore:
         if self.heads_dir is None:
             return []
         with self._lock:
-            found = self._discover(self.heads_dir)
-            if found is None:
+            listed = self._discover(self.heads_dir)
+            if listed is None:
                 return []
+            found, unreadable = listed
             changes: list[Change] = []
-            for key in [k for k in self._entries if k not in found]:
+            for key in [k for k in self._entries if k not in found and k not in unreadable]:
                 gone = self._entries.pop(key)
                 if gone.head is not None:
                     changes.append(Change(gone.name, gone.version, "removed"))
@@ -203,7 +204,16 @@ class HeadStore:
         try:
             if candidate.refused is not None:
                 raise _Refused(candidate.refused)
-            head = self._check(candidate)
+            try:
+                head = self._check(candidate)
+            except OSError as exc:  # a file went or changed between two looks: being copied
+                raise _NotYet("its files changed while they were read") from exc
+            except (_NotYet, _Refused):
+                raise
+            except Exception as exc:
+                logger.exception("heads folder: checking %s failed", _label(candidate.name,
+                                                                            candidate.version))
+                raise _Refused("could not be checked (the server log says why)") from exc
         except _NotYet as exc:
             recent = time.time() - candidate.newest_mtime < self.settle_s
             entry.status = LOADING if recent else FAILED
@@ -257,10 +267,14 @@ class HeadStore:
 
     # -- the folder -------------------------------------------------------------------------
 
-    def _discover(self, root: Path) -> dict[tuple[str, int | None], _Candidate] | None:
-        """Every version folder in the heads folder; None when it cannot be listed this time."""
+    def _discover(
+        self, root: Path
+    ) -> tuple[dict[tuple[str, int | None], _Candidate], set[tuple[str, int | None]]] | None:
+        """Every version folder in the heads folder, and those that could not be read this time
+        (left as they are, not dropped); None when the folder itself cannot be listed."""
         fixed_names = {h.name for h in self.fixed}
         found: dict[tuple[str, int | None], _Candidate] = {}
+        unreadable: set[tuple[str, int | None]] = set()
         try:
             names = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name[0] != ".")
         except OSError as exc:
@@ -277,10 +291,11 @@ class HeadStore:
                 try:
                     fingerprint, newest = _fingerprint(path)
                 except OSError:
-                    continue  # removed while we looked: gone
+                    unreadable.add((name, version))  # changing as we look: next scan
+                    continue
                 found[(name, version)] = _Candidate(name, version, path, fingerprint, newest,
                                                     refused)
-        return found
+        return found, unreadable
 
     def _publish(self) -> None:
         """Build the next snapshot whole and swap it in with one assignment."""

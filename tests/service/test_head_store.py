@@ -194,3 +194,42 @@ def test_fixed_heads_keep_their_name_and_the_default(
     status, reason, served = statuses(store)[(head_dir.name, 1)]
     assert status == "failed" and "--head" in (reason or "") and not served
     assert statuses(store)[(head_dir.name, None)] == ("available", None, True)
+
+
+def test_files_changing_while_read_never_unserve(
+    head_dir: Path, second_head_dir: Path, base_spec: FeatureSpec, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A version folder that cannot be read for a moment (a file replaced as we list it) keeps
+    serving, and a new one that changes while checked is retried, not failed."""
+    from service import head_store
+
+    root = tmp_path / "heads"
+    install(head_dir, root / "cells" / "1")
+    store = HeadStore.open([], root, base_spec=base_spec, settle_s=60)
+    serving = store.current().get("cells")
+
+    real_fingerprint = head_store._fingerprint
+
+    def vanishing(path: Path):  # type: ignore[no-untyped-def]
+        if path.name == "1":
+            raise FileNotFoundError(path / "model.skops")
+        return real_fingerprint(path)
+
+    monkeypatch.setattr(head_store, "_fingerprint", vanishing)
+    assert store.scan() == []
+    assert store.current().get("cells") is serving
+
+    install(second_head_dir, root / "cells" / "2")
+
+    def gone(path: Path) -> None:
+        raise FileNotFoundError(path / "model.skops")
+
+    monkeypatch.setattr(head_store, "_completeness", gone)
+    [change] = store.scan()
+    assert (change.version, change.change) == (2, "loading")
+    assert "changed while" in (change.reason or "")
+    monkeypatch.undo()
+    [change] = store.scan()
+    assert (change.version, change.change) == (2, "added")
+    assert store.current().get("cells", 1) is serving
