@@ -16,7 +16,9 @@
     └── HeadSpecMismatchError: a head's features were made differently from the loaded base
 
 Every error response has the same body: {"error": {"code": ..., "message": ...}}, plus
-"details" for request validation errors.
+"details" for request validation errors. Under /v2 the same errors are rewritten on the way out to
+the Open Inference Protocol's {"error": "message"}, 422 becoming 400
+(service/api/middleware.py: V2ErrorMiddleware).
 """
 
 from __future__ import annotations

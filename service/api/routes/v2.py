@@ -3,7 +3,8 @@ cache, batching, limits and API key. The protocol itself lives in service/v2_pro
 
 Open, like /health and /ready: /v2/health/live and /v2/health/ready. Everything else under /v2
 needs the API key when one is set. Errors have the protocol's body, {"error": "message"}
-(service/api/middleware.py: V2ErrorMiddleware).
+(service/api/middleware.py: V2ErrorMiddleware). Not ready is 503, as on /ready: the protocol only
+asks for a status other than 200, and 503 is what probes and load balancers expect.
 """
 
 from __future__ import annotations
