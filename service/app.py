@@ -1,10 +1,11 @@
 """The FastAPI application: built by `create_app`, loaded in its lifespan, never at import time.
 
 Start-up runs in two steps. Synchronously, before the port opens: the heads are loaded and
-checked against the spec of the features the configured weights make, so a wrong head or weights
-file stops the server with a clear message. Then, in the background on the model's own thread:
-the conv base is built and warmed up; `/health` answers meanwhile and `/ready` says 503 until it
-is done.
+checked against the spec of the features the configured weights make, so a wrong `--head` or
+weights file stops the server with a clear message (a broken head in `--heads-dir` is reported,
+not fatal: that folder changes while the server runs). Then, in the background on the model's
+own thread: the conv base is built and warmed up; `/health` answers meanwhile and `/ready` says
+503 until it is done. The heads folder, if any, is watched from then on (service/head_store.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,14 +28,20 @@ from starlette.concurrency import run_in_threadpool
 from extractor.spec import FeatureSpec
 from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware
-from service.api.routes import heads, health, metrics, predict
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    CatchAllMiddleware,
+    MetricsMiddleware,
+    V2ErrorMiddleware,
+)
+from service.api.routes import admin, heads, health, metrics, predict, v2
 from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
 from service.errors import StartupError
 from service.feature_cache import FeatureLRU
-from service.heads import Head, HeadRegistry, check_heads, load_heads
+from service.head_store import HeadStore, peek_spec
+from service.heads import ServedHead, check_heads, load_heads
 from service.metrics import Metrics
 from service.predictor import Predictor
 
@@ -67,14 +76,80 @@ def conv_base_factory(weights_path: Path, image_size: int, layer: str) -> Backbo
     return _MainMaps(ConvBase(weights_path, image_size=image_size, layer=layer))
 
 
-def _expected_spec(settings: Settings, heads: list[Head]) -> tuple[Path, FeatureSpec]:
-    """The weights file, and the spec the base will have, found without building it."""
-    from extractor.backbone import make_spec
+def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, FeatureSpec]:
+    """The weights file, and the spec the base will have, found without building it: the layer
+    and input size of `hint` (the first head's spec), else the extractor's defaults."""
+    from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, make_spec
     from extractor.weights import resolve_weights
 
     weights_path = resolve_weights(settings.weights)
-    first = heads[0].spec
-    return weights_path, make_spec(weights_path, first.layer, first.input_size)
+    if hint is None:
+        return weights_path, make_spec(weights_path, DEFAULT_LAYER, DEFAULT_IMAGE_SIZE)
+    return weights_path, make_spec(weights_path, hint.layer, hint.input_size)
+
+
+def _open_heads(settings: Settings) -> tuple[HeadStore, Path, FeatureSpec]:
+    """Load the --head heads and scan --heads-dir once; the base's weights and spec."""
+    if not settings.heads and settings.heads_dir is None:
+        raise StartupError("no head to serve: pass --head heads/NAME or --heads-dir DIR (or set "
+                           "FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)")
+    fixed = load_heads(settings.heads)
+    hint = fixed[0].spec if fixed else None
+    if hint is None and settings.heads_dir is not None:
+        hint = peek_spec(settings.heads_dir)
+    weights_path, expected = _expected_spec(settings, hint)
+    check_heads(fixed, expected)
+    store = HeadStore.open(fixed, settings.heads_dir, base_spec=expected,
+                           default=settings.default_head, settle_s=_settle_s(settings))
+    return store, weights_path, expected
+
+
+def _settle_s(settings: Settings) -> float:
+    """How long a folder that looks half copied is "loading" before it is "failed": two polls,
+    so a copy in progress is retried at least twice before it is reported."""
+    return max(1.0, 2 * settings.heads_poll_s) if settings.heads_poll_s > 0 else 5.0
+
+
+async def _watch(store: HeadStore, poll_s: float, settle_s: float) -> None:
+    """Rescan the heads folder every `poll_s` seconds (0: only retry incomplete versions).
+
+    Polling rather than inotify: it works the same on Linux, macOS, Docker bind mounts and
+    network filesystems (NFS, EFS, SMB), where change events arrive late or never, and on
+    Kubernetes volumes that are swapped by symlink; a scan is a few stat() calls per version.
+    """
+    while True:
+        await asyncio.sleep(poll_s or settle_s)
+        if poll_s == 0 and not store.has_loading():
+            continue
+        await _rescan(store)
+
+
+async def _rescan(store: HeadStore) -> None:
+    try:
+        await run_in_threadpool(store.scan)  # loading a head blocks: off the event loop
+    except Exception:
+        logger.exception("scanning the heads folder failed")
+
+
+def _install_sighup(store: HeadStore) -> Callable[[], None] | None:
+    """SIGHUP rescans the heads folder (as nginx and many daemons reload on it); returns the
+    function that removes the handler. Only where signals can be handled: the main thread."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return None
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        logger.info("SIGHUP: rescanning the heads folder")
+        task = loop.create_task(_rescan(store), name="sighup-rescan")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    return remove
 
 
 def create_app(
@@ -82,33 +157,40 @@ def create_app(
     *,
     backbone_factory: BackboneFactory = conv_base_factory,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    reload_on_sighup: bool = False,
 ) -> FastAPI:
     """The app for these settings. `backbone_factory` lets tests serve a fake conv base;
-    `on_load_failure` lets the CLI stop the server when the model cannot be built."""
+    `on_load_failure` lets the CLI stop the server when the model cannot be built;
+    `reload_on_sighup` (the CLI's) makes SIGHUP rescan --heads-dir."""
     settings = settings or Settings()
     state = AppState(settings=settings, metrics=Metrics())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            heads = await run_in_threadpool(load_heads, settings.heads)
-            weights_path, expected = await run_in_threadpool(_expected_spec, settings, heads)
-            check_heads(heads, expected)
+            store, weights_path, expected = await run_in_threadpool(_open_heads, settings)
         except (StartupError, WeightsError) as exc:
             logger.error("cannot start: %s", exc)
             raise
-        state.heads = HeadRegistry(heads)
+        state.head_store = store
 
         model_worker, head_worker = ModelWorker(), ModelWorker()
         loading = asyncio.create_task(
-            _load(heads, weights_path, expected, model_worker, head_worker), name="load-model"
+            _load(store, weights_path, expected, model_worker, head_worker), name="load-model"
         )
+        watching = (asyncio.create_task(_watch(store, settings.heads_poll_s, _settle_s(settings)),
+                                        name="watch-heads") if store.watching else None)
+        remove_sighup = _install_sighup(store) if reload_on_sighup and store.watching else None
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            if remove_sighup is not None:
+                remove_sighup()
+            for task in (loading, watching):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if state.predictor is not None:
                 await state.predictor.batcher.stop()
             state.predictor = None
@@ -117,7 +199,7 @@ def create_app(
             await run_in_threadpool(head_worker.shutdown)
 
     async def _load(
-        heads: list[Head], weights_path: Path, expected: FeatureSpec, model_worker: ModelWorker,
+        store: HeadStore, weights_path: Path, expected: FeatureSpec, model_worker: ModelWorker,
         head_worker: ModelWorker,
     ) -> None:
         try:
@@ -125,7 +207,9 @@ def create_app(
             backbone = await model_worker.run(
                 backbone_factory, weights_path, expected.input_size, expected.layer
             )
+            heads = store.current().all()
             check_heads(heads, backbone.spec)
+            store.base_spec = backbone.spec
             batcher = MicroBatcher(
                 backbone, model_worker, max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms, metrics=state.metrics,
@@ -133,9 +217,8 @@ def create_app(
             if settings.warmup:
                 await model_worker.run(_warm_up, backbone, heads, settings.max_batch_size)
             batcher.start()
-            assert state.heads is not None
             state.predictor = Predictor(
-                state.heads, batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
+                batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
                 head_worker, image_size=expected.input_size,
                 max_upload_bytes=settings.max_upload_bytes, metrics=state.metrics,
             )
@@ -143,7 +226,7 @@ def create_app(
             state.metrics.ready.set(1)
             logger.info("ready: conv base loaded%s in %.1fs; serving %s",
                         " and warmed up" if settings.warmup else "", time.perf_counter() - t0,
-                        ", ".join(h.name for h in heads))
+                        ", ".join(sorted({h.name for h in heads})) or "no head yet")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -164,14 +247,20 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limits={
         "/predict": settings.max_upload_bytes + 64 * 1024,  # room for the multipart framing
         "/predict/batch": settings.max_batch_request_bytes,
-    })
+    }, patterns=[
+        (r"/v2/models/[^/]+(/versions/[^/]+)?/infer", settings.max_batch_request_bytes),
+    ])
+    # Inside the metrics, so they count the status the client gets (400, not 422, under /v2).
+    app.add_middleware(V2ErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
-    for module in (health, predict, heads, metrics):
+    for module in (health, predict, heads, admin, metrics):
         app.include_router(module.router)
+    app.include_router(v2.health_router)
+    app.include_router(v2.router)
     return app
 
 
-def _warm_up(backbone: Backbone, heads: list[Head], max_batch_size: int) -> None:
+def _warm_up(backbone: Backbone, heads: list[ServedHead], max_batch_size: int) -> None:
     """One pass at batch size 1 and one at the largest, so neither first request pays tracing."""
     size = backbone.spec.input_size
     sizes = sorted({1, max_batch_size})

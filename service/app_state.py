@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 from service.config import Settings
-from service.heads import HeadRegistry
+from service.head_store import HeadStore
 from service.metrics import Metrics
 from service.predictor import Predictor
 
@@ -15,7 +15,8 @@ from service.predictor import Predictor
 class AppState:
     settings: Settings
     metrics: Metrics
-    heads: HeadRegistry | None = None
+    #: The served heads (fixed and watched); requests take `head_store.current()` once.
+    head_store: HeadStore | None = None
     #: Set once the conv base is built and warmed; None means not ready.
     predictor: Predictor | None = None
     load_error: str | None = None

@@ -18,8 +18,14 @@ FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_SIZE, FEATCACHE_MAX_UPLOAD_BYTES,
 options given here win. The API key is read from the environment only, never from the command
 line, where other users could see it.
 
-Endpoints: POST /predict, POST /predict/batch, GET /heads, GET /metrics, GET /health, GET /ready,
-and the OpenAPI docs at /docs.
+Endpoints: POST /predict, POST /predict/batch, GET /heads, POST /admin/reload, GET /metrics,
+GET /health, GET /ready, the Open Inference Protocol (KServe V2, as Triton's clients speak it)
+under /v2, and the OpenAPI docs at /docs.
+
+Heads folder: --heads-dir DIR serves every DIR/NAME/VERSION/ (or DIR/NAME/) head folder and
+picks up new, replaced and removed ones while serving: it is rescanned every --heads-poll-s
+seconds, on SIGHUP, and on POST /admin/reload. --head heads are fixed: loaded once, never
+reloaded; both may be given (a name in both is served from --head).
 
 Exit status: 0 after a clean shutdown, 1 when the heads or the model cannot be loaded, 2 for bad
 arguments.
@@ -36,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", dest="heads", action="append", type=Path, metavar="DIR",
                    help="head folder written by train-head; repeat to serve several (the first "
                    "is the default)")
+    p.add_argument("--heads-dir", type=Path, metavar="DIR",
+                   help="folder of heads to serve and watch: DIR/NAME/VERSION/ or DIR/NAME/")
+    p.add_argument("--heads-poll-s", type=float, metavar="SECONDS",
+                   help="how often to rescan --heads-dir (default: 2; 0: only on SIGHUP and "
+                   "POST /admin/reload)")
+    p.add_argument("--default-head", metavar="NAME",
+                   help="the head a request without ?head= gets (default: the first --head, or "
+                   "the only head in --heads-dir)")
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
     p.add_argument("--weights", help="'imagenet' or a path to the VGG16 no-top weights "
@@ -65,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"serve: error: invalid settings: {problems}", file=sys.stderr)
         return 2
-    if not settings.heads:
-        print("serve: error: no head to serve; pass --head heads/NAME or set FEATCACHE_HEADS",
-              file=sys.stderr)
+    if not settings.heads and settings.heads_dir is None:
+        print("serve: error: no head to serve; pass --head heads/NAME or --heads-dir DIR (or set "
+              "FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)", file=sys.stderr)
         return 2
 
     level = settings.log_level.upper()
@@ -86,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_failure=stop_on_failure)
+    app = create_app(settings, on_load_failure=stop_on_failure, reload_on_sighup=True)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), log_config=None,
                             timeout_graceful_shutdown=10)

@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     #: Head folders to serve (`train-head` output); the first is the default head.
     #: In the environment: comma-separated, e.g. FEATCACHE_HEADS=heads/a,heads/b.
     heads: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: A folder of heads served and watched: DIR/NAME/VERSION/ (or DIR/NAME/) head folders are
+    #: added, replaced and removed while the server runs (service/head_store.py). With --head
+    #: as well, both are served; a name in both is served from --head.
+    heads_dir: Path | None = None
+    #: How often the heads folder is scanned, in seconds; 0 scans only on SIGHUP and
+    #: POST /admin/reload.
+    heads_poll_s: float = Field(default=2.0, ge=0, le=3600)
+    #: The head a request without ?head= gets. Unset: the first --head; with only --heads-dir,
+    #: the one head it serves (several and no default: requests must name one).
+    default_head: str | None = None
     #: 'imagenet' or a path to the VGG16 no-top weights; unset means 'imagenet'.
     weights: str | None = None
     host: str = "127.0.0.1"

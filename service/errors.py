@@ -3,17 +3,22 @@
     ServiceError (500 internal_error: generic body, traceback logged)
     ├── InvalidRequestError (422 invalid_request)
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
-    │   └── ImageTooLargeError (413 image_too_large): more pixels than allowed (decompression bomb)
+    │   ├── ImageTooLargeError (413 image_too_large): more pixels than allowed (decompression bomb)
+    │   └── HeadRequiredError (422 head_required): several heads served, none named, no default
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
     ├── UnknownHeadError (404 unknown_head)
+    │   └── UnknownVersionError (404 unknown_version): the head is served, not that version
+    ├── ReloadUnavailableError (409 no_heads_dir): /admin/reload with no --heads-dir to rescan
     └── NotReadyError (503 not_ready): the model is still loading, or failed to
     StartupError: a head or the weights cannot be served; raised at startup, never over HTTP
     └── HeadSpecMismatchError: a head's features were made differently from the loaded base
 
 Every error response has the same body: {"error": {"code": ..., "message": ...}}, plus
-"details" for request validation errors.
+"details" for request validation errors. Under /v2 the same errors are rewritten on the way out to
+the Open Inference Protocol's {"error": "message"}, 422 becoming 400
+(service/api/middleware.py: V2ErrorMiddleware).
 """
 
 from __future__ import annotations
@@ -59,9 +64,22 @@ class UnauthorizedError(ServiceError):
     code = "unauthorized"
 
 
+class HeadRequiredError(InvalidRequestError):
+    code = "head_required"
+
+
 class UnknownHeadError(ServiceError):
     status = HTTPStatus.NOT_FOUND
     code = "unknown_head"
+
+
+class UnknownVersionError(UnknownHeadError):
+    code = "unknown_version"
+
+
+class ReloadUnavailableError(ServiceError):
+    status = HTTPStatus.CONFLICT
+    code = "no_heads_dir"
 
 
 class NotReadyError(ServiceError):
@@ -74,4 +92,11 @@ class StartupError(RuntimeError):
 
 
 class HeadSpecMismatchError(StartupError):
-    """A head was trained on features made differently from those the loaded base makes."""
+    """A head was trained on features made differently from those the loaded base makes.
+
+    `fields` names what differs (spec field names, never values), for short status reasons.
+    """
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields

@@ -1,7 +1,14 @@
-"""Loading the heads to serve, and refusing any whose features differ from the base's."""
+"""The heads being served: loading fixed head folders, the one compatibility rule, and the
+immutable registry snapshot that every request resolves its head from.
+
+A request takes its `ServedHead` from the registry snapshot current when it starts and keeps that
+object to the end, so a reload (service/head_store.py) that swaps the snapshot never changes the
+head under a request in flight.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,7 +18,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor.spec import FeatureSpec, SpecMismatchError
-from service.errors import HeadSpecMismatchError, StartupError, UnknownHeadError
+from service.errors import (
+    HeadRequiredError,
+    HeadSpecMismatchError,
+    NotReadyError,
+    StartupError,
+    UnknownHeadError,
+    UnknownVersionError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,66 +41,171 @@ class Head(Protocol):
     def predict_proba(self, features: NDArray[np.float32]) -> NDArray[Any]: ...
 
 
-def load_heads(paths: Sequence[Path]) -> list[Head]:
-    """Load every head folder; a missing, unreadable or duplicate head stops the start-up."""
-    if not paths:
-        raise StartupError("no head to serve: pass --head heads/NAME (or set FEATCACHE_HEADS)")
+@dataclasses.dataclass(frozen=True, eq=False)
+class ServedHead:
+    """A loaded head under the name (and version) it is served as.
+
+    `version` is None for an unversioned head (a `--head` folder, or a plain head folder in the
+    heads folder); `fixed` marks `--head` heads, which are never reloaded.
+    """
+
+    name: str
+    version: int | None
+    model: Head
+    fixed: bool = False
+
+    @property
+    def classes_(self) -> list[str]:
+        return self.model.classes_
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.model.spec
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.model.metadata
+
+    @property
+    def version_label(self) -> str | None:
+        """The version as the API shows it: a string, or None for an unversioned head."""
+        return None if self.version is None else str(self.version)
+
+    def predict_proba(self, features: NDArray[np.float32]) -> NDArray[Any]:
+        return self.model.predict_proba(features)
+
+
+def load_heads(paths: Sequence[Path]) -> list[ServedHead]:
+    """Load every `--head` folder; a missing, unreadable or duplicate head stops the start-up."""
     from classifier.artifact import load_head
 
-    heads: list[Head] = []
+    heads: list[ServedHead] = []
     seen: dict[str, Path] = {}
     for path in paths:
         try:
-            head = load_head(path)
+            loaded = load_head(path)
         except (ValueError, RuntimeError, OSError) as exc:
             raise StartupError(f"cannot load head {str(path)!r}: {exc}") from exc
-        if head.name in seen:
+        if loaded.name in seen:
             raise StartupError(
-                f"two heads are named {head.name!r} ({seen[head.name]} and {path}); "
+                f"two heads are named {loaded.name!r} ({seen[loaded.name]} and {path}); "
                 "head names must be unique"
             )
-        seen[head.name] = path
-        heads.append(head)
-        logger.info("loaded head %r from %s (classes: %s)", head.name, path,
-                    ", ".join(head.classes_))
+        seen[loaded.name] = path
+        heads.append(ServedHead(loaded.name, None, loaded, fixed=True))
+        logger.info("loaded head %r from %s (classes: %s)", loaded.name, path,
+                    ", ".join(loaded.classes_))
     return heads
 
 
-def check_heads(heads: Sequence[Head], base_spec: FeatureSpec) -> None:
+def check_head(head: Head | ServedHead, base_spec: FeatureSpec) -> None:
+    """Refuse a head trained on features the loaded base does not make.
+
+    The one place that decides whether a head can be served by the loaded conv base: start-up
+    and every reload go through it.
+    """
+    try:
+        head.spec.check_compatible(base_spec, what=f"head {head.name!r}",
+                                   against="the loaded VGG16 base")
+    except SpecMismatchError as exc:
+        raise HeadSpecMismatchError(
+            f"refusing to serve {exc} (values: the head's vs the base's). Retrain the "
+            "head on a cache extracted with these weights and settings, or serve it with "
+            "the weights it was trained on (FEATCACHE_WEIGHTS).",
+            fields=tuple(head.spec.differences(base_spec)),
+        ) from None
+
+
+def check_heads(heads: Sequence[Head | ServedHead], base_spec: FeatureSpec) -> None:
     """Refuse any head trained on features the loaded base does not make."""
     for head in heads:
-        try:
-            head.spec.check_compatible(base_spec, what=f"head {head.name!r}",
-                                       against="the loaded VGG16 base")
-        except SpecMismatchError as exc:
-            raise HeadSpecMismatchError(
-                f"refusing to serve {exc} (values: the head's vs the base's). Retrain the "
-                "head on a cache extracted with these weights and settings, or serve it with "
-                "the weights it was trained on (FEATCACHE_WEIGHTS)."
-            ) from None
+        check_head(head, base_spec)
+
+
+def trial_features(head: Head | ServedHead) -> NDArray[np.float32]:
+    """One row of zero features in the shape the head reads, for a trial prediction."""
+    return np.zeros((1, *head.spec.feature_shape), dtype=np.float32)
 
 
 class HeadRegistry:
-    """The loaded heads by name; the first one given is the default."""
+    """An immutable snapshot of the served heads: by name, each with one or more versions.
 
-    def __init__(self, heads: Sequence[Head]) -> None:
-        if not heads:
-            raise StartupError("no head to serve")
-        self._heads = {h.name: h for h in heads}
-        self.default = heads[0].name
+    Iterating gives each name's latest (highest) version, in the order given. `default` is the
+    head a request without a name gets; None when that would be a guess (several heads and none
+    named as the default).
+    """
 
-    def __iter__(self) -> Iterator[Head]:
-        return iter(self._heads.values())
+    def __init__(self, heads: Sequence[ServedHead], default: str | None = None) -> None:
+        versions: dict[str, dict[int | None, ServedHead]] = {}
+        for head in heads:
+            versions.setdefault(head.name, {})[head.version] = head
+        self._versions = versions
+        self._latest = {name: by_version[_latest_key(by_version)]
+                        for name, by_version in versions.items()}
+        self.default = default
+
+    def __iter__(self) -> Iterator[ServedHead]:
+        return iter(self._latest.values())
 
     def __len__(self) -> int:
-        return len(self._heads)
+        return len(self._latest)
 
-    def get(self, name: str | None) -> Head:
+    def __contains__(self, name: object) -> bool:
+        return name in self._latest
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._latest)
+
+    def all(self) -> list[ServedHead]:
+        """Every served version of every head."""
+        return [h for name in self._versions for h in self.versions(name)]
+
+    def versions(self, name: str) -> list[ServedHead]:
+        """Every served version of `name`, oldest first."""
+        by_version = self._versions_of(name)
+        return [by_version[k] for k in sorted(by_version, key=lambda v: -1 if v is None else v)]
+
+    def get(self, name: str | None, version: int | None = None) -> ServedHead:
+        """The head a request names (its latest version unless `version` is given)."""
         if name is None or name == "":
-            return self._heads[self.default]
+            name = self._default_name()
+        by_version = self._versions_of(name)
+        if version is None:
+            return self._latest[name]
         try:
-            return self._heads[name]
+            return by_version[version]
+        except KeyError:
+            served = [str(v) for v in sorted(k for k in by_version if k is not None)]
+            raise UnknownVersionError(
+                f"head {name!r} has no version {version} being served; served versions: "
+                f"{', '.join(served) or 'none (it is unversioned)'}"
+            ) from None
+
+    def _versions_of(self, name: str) -> dict[int | None, ServedHead]:
+        try:
+            return self._versions[name]
         except KeyError:
             raise UnknownHeadError(
-                f"unknown head {name!r}; loaded heads: {', '.join(self._heads)}"
+                f"unknown head {name!r}; served heads: {', '.join(self._latest) or 'none'}"
             ) from None
+
+    def _default_name(self) -> str:
+        if self.default is not None:
+            if self.default not in self._latest:
+                raise UnknownHeadError(
+                    f"the default head {self.default!r} is not being served; name one of: "
+                    f"{', '.join(self._latest) or 'none'}"
+                )
+            return self.default
+        if not self._latest:
+            raise NotReadyError("no head is being served yet")
+        raise HeadRequiredError(
+            f"several heads are served and none is the default; name one with ?head=NAME: "
+            f"{', '.join(self._latest)}"
+        )
+
+
+def _latest_key(by_version: dict[int | None, ServedHead]) -> int | None:
+    numbered = [v for v in by_version if v is not None]
+    return max(numbered) if numbered else None

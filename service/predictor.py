@@ -15,9 +15,14 @@ from starlette.concurrency import run_in_threadpool
 
 from extractor import images
 from service.batching import MicroBatcher, ModelWorker
-from service.errors import ImageTooLargeError, InvalidImageError, UploadTooLargeError
+from service.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    ServiceError,
+    UploadTooLargeError,
+)
 from service.feature_cache import FeatureLRU
-from service.heads import Head, HeadRegistry
+from service.heads import ServedHead
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -28,6 +33,8 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     head: str
+    #: The head's version that answered; None for an unversioned head.
+    version: str | None
     cached: bool
     timings_ms: dict[str, float]
 
@@ -46,13 +53,13 @@ def _sha256(data: bytes) -> str:
 
 
 class Predictor:
-    """Owns the request path once the model is loaded; routes call `predict`."""
+    """Owns the request path once the model is loaded; routes call `predict` with the head
+    they resolved at the request's start (so a reload never changes it mid-request)."""
 
     def __init__(
-        self, heads: HeadRegistry, batcher: MicroBatcher, cache: FeatureLRU,
+        self, batcher: MicroBatcher, cache: FeatureLRU,
         head_worker: ModelWorker, *, image_size: int, max_upload_bytes: int, metrics: Metrics,
     ) -> None:
-        self.heads = heads
         self.batcher = batcher
         self.cache = cache
         self._head_worker = head_worker
@@ -82,7 +89,7 @@ class Predictor:
         self.cache.put(key, features)
         return features, False, timings
 
-    async def predict(self, data: bytes, head: Head) -> Prediction:
+    async def predict(self, data: bytes, head: ServedHead) -> Prediction:
         t0 = time.perf_counter()
         try:
             features, cached, timings = await self.features(data)
@@ -102,12 +109,13 @@ class Predictor:
             label=classes[int(np.argmax(row))],
             probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
             head=head.name,
+            version=head.version_label,
             cached=cached,
             timings_ms={k: round(v, 3) for k, v in timings.items()},
         )
 
     async def predict_many(
-        self, uploads: Sequence[bytes | Exception], head: Head
+        self, uploads: Sequence[bytes | Exception], head: ServedHead
     ) -> list[Prediction | BaseException]:
         """One result per upload, in order, all in flight at once so they share forward passes;
         a failure (or an upload that already failed) is returned in its own slot."""
@@ -120,3 +128,15 @@ class Predictor:
             return await self.predict(upload, head)
 
         return await asyncio.gather(*(one(u) for u in uploads), return_exceptions=True)
+
+    async def predict_all(self, uploads: Sequence[bytes], head: ServedHead,
+                          what: str = "image") -> list[Prediction]:
+        """Every upload's prediction, or the first failure, its message naming the element
+        (`what`[i]): for protocols where one bad image fails the request."""
+        outcomes = await self.predict_many(uploads, head)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, ServiceError):
+                raise type(outcome)(f"{what}[{i}]: {outcome.message}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [o for o in outcomes if isinstance(o, Prediction)]

@@ -10,8 +10,9 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from service.app_state import AppState
 from service.config import Settings
-from service.errors import NotReadyError, UnauthorizedError
-from service.heads import Head
+from service.errors import NotReadyError, UnauthorizedError, UnknownVersionError
+from service.head_store import HeadStore
+from service.heads import ServedHead
 from service.predictor import Predictor
 
 
@@ -39,14 +40,36 @@ def get_predictor(state: StateDep) -> Predictor:
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
+def get_head_store(state: StateDep) -> HeadStore:
+    if state.head_store is None:
+        raise NotReadyError(state.load_error or "the heads are still loading; retry shortly")
+    return state.head_store
+
+
+HeadStoreDep = Annotated[HeadStore, Depends(get_head_store)]
+
+
+def resolve_head(store: HeadStore, name: str | None, version: str | int | None) -> ServedHead:
+    """The head a request names, from the snapshot current now: the request keeps this object
+    to its end, whatever a reload swaps in meanwhile."""
+    if isinstance(version, str):
+        if not (version.isascii() and version.isdigit()):
+            raise UnknownVersionError(f"version {version!r} is not a version number")
+        version = int(version)
+    return store.current().get(name, version)
+
+
 def get_head(
     predictor: PredictorDep,
-    head: Annotated[str | None, Query(description="Head name (default: the first)")] = None,
-) -> Head:
-    return predictor.heads.get(head)
+    store: HeadStoreDep,
+    head: Annotated[str | None, Query(description="Head name (default: the default head)")] = None,
+    version: Annotated[int | None, Query(
+        ge=0, description="Head version (default: the highest served)")] = None,
+) -> ServedHead:
+    return resolve_head(store, head, version)
 
 
-HeadDep = Annotated[Head, Depends(get_head)]
+HeadDep = Annotated[ServedHead, Depends(get_head)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="Needed when the server has FEATCACHE_API_KEY set")

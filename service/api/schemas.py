@@ -21,6 +21,9 @@ class PredictionResponse(BaseModel):
     label: str
     probabilities: dict[str, float] = Field(description="Class name -> probability")
     head: str
+    version: str | None = Field(
+        default=None, description="The head version that answered; null for an unversioned head"
+    )
     cached: bool = Field(description="True when the features came from the feature cache")
     timings_ms: dict[str, float] = Field(
         description="hash, decode, queue (waiting for a batch), forward, head and total"
@@ -41,14 +44,27 @@ class BatchItem(BaseModel):
 
 class BatchResponse(BaseModel):
     head: str
+    version: str | None = None
     succeeded: int
     failed: int
     results: list[BatchItem]
 
 
+class VersionInfo(BaseModel):
+    version: str | None = Field(description="null for an unversioned head")
+    status: str = Field(description="loading, available or failed")
+    reason: str | None = Field(default=None, description="Why it is loading or failed")
+    served: bool = Field(description="Requests can reach this version now")
+
+
 class HeadInfo(BaseModel):
     name: str
     default: bool
+    version: str | None = Field(
+        default=None, description="The version a request without one gets (null: unversioned)"
+    )
+    source: str = Field(description="'head' (a --head folder) or 'heads_dir' (watched)")
+    versions: list[VersionInfo] = Field(default_factory=list)
     classes: list[str]
     spec: dict[str, Any]
     metrics: dict[str, Any] | None = Field(
@@ -57,9 +73,27 @@ class HeadInfo(BaseModel):
     metadata: dict[str, Any]
 
 
+class UnservedHead(BaseModel):
+    """A head folder in the watched folder with no version that can be served."""
+
+    name: str
+    versions: list[VersionInfo]
+
+
 class HeadsResponse(BaseModel):
-    default: str
+    default: str | None = Field(description="The head a request without ?head= gets, if any")
     heads: list[HeadInfo]
+    unserved: list[UnservedHead] = Field(
+        default_factory=list, description="Head folders in --heads-dir that cannot be served"
+    )
+
+
+class ReloadResponse(BaseModel):
+    changes: list[dict[str, Any]] = Field(
+        description="One entry per change: head, version, change (added, replaced, removed, "
+        "failed, loading) and reason"
+    )
+    heads: HeadsResponse
 
 
 class Health(BaseModel):

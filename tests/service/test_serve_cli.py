@@ -34,6 +34,11 @@ def test_bad_head_exits_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert "missing" in caplog.text
 
 
+def test_missing_heads_dir_exits_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert serve_main(["--heads-dir", str(tmp_path / "nowhere"), "--port", str(free_port())]) == 1
+    assert "nowhere" in caplog.text and "not a folder" in caplog.text
+
+
 @pytest.mark.slow
 def test_serve_subprocess(head_dir: Path, elpv_images: list[Path], tmp_path: Path) -> None:
     port = free_port()

@@ -1,28 +1,40 @@
-"""GET /heads: what is being served."""
+"""GET /heads: what is being served, and the state of every version in the heads folder."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import ApiKey, StateDep
-from service.api.schemas import HeadInfo, HeadsResponse
-from service.errors import NotReadyError
+from service.api.deps import ApiKey, HeadStoreDep
+from service.api.schemas import HeadInfo, HeadsResponse, UnservedHead, VersionInfo
+from service.head_store import HeadStore
 
 router = APIRouter(tags=["heads"], dependencies=[ApiKey])
 
 
-@router.get("/heads", response_model=HeadsResponse, summary="Loaded heads, metadata and metrics")
-def list_heads(state: StateDep) -> HeadsResponse:
-    if state.heads is None:
-        raise NotReadyError("no head is loaded yet")
-    return HeadsResponse(
-        default=state.heads.default,
-        heads=[
-            HeadInfo(
-                name=h.name, default=h.name == state.heads.default,
-                classes=[str(c) for c in h.classes_], spec=h.spec.to_dict(),
-                metrics=h.metadata.get("metrics"), metadata=h.metadata,
-            )
-            for h in state.heads
-        ],
-    )
+@router.get("/heads", response_model=HeadsResponse,
+            summary="Served heads, their versions, metadata and metrics")
+def list_heads(store: HeadStoreDep) -> HeadsResponse:
+    return heads_view(store)
+
+
+def heads_view(store: HeadStore) -> HeadsResponse:
+    """Served heads (each name's latest version) and the folder's unservable ones; statuses
+    carry short reasons, never paths or exception text."""
+    registry = store.current()
+    versions: dict[str, list[VersionInfo]] = {}
+    for s in store.statuses():
+        versions.setdefault(s.name, []).append(VersionInfo(
+            version=None if s.version is None else str(s.version), status=s.status,
+            reason=s.reason, served=s.served))
+    heads = [
+        HeadInfo(
+            name=h.name, default=h.name == registry.default, version=h.version_label,
+            source="head" if h.fixed else "heads_dir", versions=versions.get(h.name, []),
+            classes=[str(c) for c in h.classes_], spec=h.spec.to_dict(),
+            metrics=h.metadata.get("metrics"), metadata=h.metadata,
+        )
+        for h in registry
+    ]
+    unserved = [UnservedHead(name=name, versions=vs) for name, vs in versions.items()
+                if name not in registry]
+    return HeadsResponse(default=registry.default, heads=heads, unserved=unserved)

@@ -6,8 +6,9 @@ import time
 
 from fastapi import APIRouter
 
-from service.api.deps import PredictorDep, StateDep
+from service.api.deps import HeadStoreDep, PredictorDep, StateDep
 from service.api.schemas import ErrorResponse, Health, Readiness
+from service.errors import NotReadyError
 
 router = APIRouter(tags=["health"])
 
@@ -18,9 +19,14 @@ def health() -> Health:
 
 
 @router.get(
-    "/ready", response_model=Readiness, summary="The model is loaded and warmed up",
-    responses={503: {"model": ErrorResponse, "description": "Still loading, or failed to"}},
+    "/ready", response_model=Readiness,
+    summary="The model is loaded and warmed up, and a head is served",
+    responses={503: {"model": ErrorResponse,
+                     "description": "Still loading, failed to, or no head yet"}},
 )
-def ready(state: StateDep, predictor: PredictorDep) -> Readiness:
-    return Readiness(status="ready", heads=[h.name for h in predictor.heads],
+def ready(state: StateDep, predictor: PredictorDep, store: HeadStoreDep) -> Readiness:
+    registry = store.current()
+    if not len(registry):
+        raise NotReadyError("no head can be served yet (see GET /heads)")
+    return Readiness(status="ready", heads=registry.names,
                      uptime_s=round(time.time() - state.started_at, 3))

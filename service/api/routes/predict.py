@@ -23,7 +23,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in (
         (401, "API key missing or wrong"),
-        (404, "Unknown head"),
+        (404, "Unknown head or version"),
         (413, "Upload too large, or an image with too many pixels"),
         (422, "No file, or not a usable image"),
         (503, "The model is not loaded yet"),
@@ -82,5 +82,5 @@ async def predict_batch(
         else:
             items.append(BatchItem(index=i, filename=f.filename, **vars(outcome)))
     failed = sum(item.error is not None for item in items)
-    return BatchResponse(head=head.name, succeeded=len(items) - failed, failed=failed,
-                         results=items)
+    return BatchResponse(head=head.name, version=head.version_label,
+                         succeeded=len(items) - failed, failed=failed, results=items)

@@ -1,0 +1,28 @@
+"""POST /admin/reload: rescan the heads folder now (as the timer and SIGHUP do)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ApiKey, HeadStoreDep
+from service.api.routes.heads import heads_view
+from service.api.schemas import ErrorResponse, ReloadResponse
+from service.errors import ReloadUnavailableError
+
+router = APIRouter(tags=["admin"], dependencies=[ApiKey])
+
+
+@router.post(
+    "/admin/reload", response_model=ReloadResponse,
+    summary="Rescan --heads-dir: load new and changed versions, drop removed ones",
+    responses={409: {"model": ErrorResponse, "description": "No --heads-dir is watched"}},
+)
+async def reload_heads(store: HeadStoreDep) -> ReloadResponse:
+    if not store.watching:
+        raise ReloadUnavailableError(
+            "no heads folder is watched: --head heads are fixed; serve --heads-dir DIR to add, "
+            "replace and remove heads while serving"
+        )
+    changes = await run_in_threadpool(store.scan)  # loading a head blocks: off the event loop
+    return ReloadResponse(changes=[c.to_dict() for c in changes], heads=heads_view(store))
