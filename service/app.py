@@ -88,8 +88,10 @@ def create_app(
         state.heads = HeadRegistry(heads)
 
         model_worker, head_worker = ModelWorker(), ModelWorker()
+        decoder = ModelWorker(settings.decode_concurrency, "featcache-decode")
         loading = asyncio.create_task(
-            _load(heads, weights_path, expected, model_worker, head_worker), name="load-model"
+            _load(heads, weights_path, expected, model_worker, head_worker, decoder),
+            name="load-model",
         )
         try:
             yield
@@ -103,10 +105,11 @@ def create_app(
             state.metrics.ready.set(0)
             await run_in_threadpool(model_worker.shutdown)
             await run_in_threadpool(head_worker.shutdown)
+            await run_in_threadpool(decoder.shutdown)
 
     async def _load(
         heads: list[Head], weights_path: Path, expected: FeatureSpec, model_worker: ModelWorker,
-        head_worker: ModelWorker,
+        head_worker: ModelWorker, decoder: ModelWorker,
     ) -> None:
         try:
             t0 = time.perf_counter()
@@ -124,8 +127,9 @@ def create_app(
             assert state.heads is not None
             state.predictor = Predictor(
                 state.heads, batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
-                head_worker, image_size=expected.input_size,
-                max_upload_bytes=settings.max_upload_bytes, metrics=state.metrics,
+                head_worker, decoder=decoder, image_size=expected.input_size,
+                max_upload_bytes=settings.max_upload_bytes,
+                max_image_pixels=settings.max_image_pixels, metrics=state.metrics,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)

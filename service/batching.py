@@ -52,10 +52,14 @@ class _Item:
 
 
 class ModelWorker:
-    """The one thread that owns the model; `run` hands it work from the event loop."""
+    """The one thread that owns the model; `run` hands it work from the event loop.
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featcache-model")
+    With `threads` > 1 it is a small pool for other blocking work (decoding uploads), whose
+    size bounds how much of that work runs at once, whatever the number of requests.
+    """
+
+    def __init__(self, threads: int = 1, name: str = "featcache-model") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
 
     #: Largest image upload accepted, in bytes (the /predict body; each file of a batch).
     max_upload_bytes: int = Field(default=10 * MIB, ge=1)
+    #: Most pixels an upload may decode to; more is 413 image_too_large. A JPEG counts the
+    #: pixels draft mode decodes (1/8 scale for large ones), so a 48 MP photo passes. Decoding
+    #: holds at most ~8 bytes per pixel (RGBA; 1 for 8-bit grayscale, 3 for 16-bit, 4 for RGB):
+    #: 24 MP (6000x4000) is at most ~190 MB per image being decoded. Pillow's own limit, 89.5
+    #: MP, stays the ceiling for headers.
+    max_image_pixels: int = Field(default=24_000_000, ge=1)
+    #: Images decoded at once, server-wide. With max_image_pixels this bounds what decoding
+    #: holds (2 x 190 MB at most); decoding an ordinary image takes milliseconds, a forward
+    #: pass far longer, so 2 keeps up with the model.
+    decode_concurrency: int = Field(default=2, ge=1, le=64)
     #: Most files in one /predict/batch request.
     max_batch_files: int = Field(default=32, ge=1)
     #: Largest /predict/batch request body, in bytes.

@@ -3,7 +3,7 @@
     ServiceError (500 internal_error: generic body, traceback logged)
     ├── InvalidRequestError (422 invalid_request)
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
-    │   └── ImageTooLargeError (413 image_too_large): more pixels than allowed (decompression bomb)
+    │   └── ImageTooLargeError (413 image_too_large): more pixels than max_image_pixels
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong

@@ -32,9 +32,9 @@ class Prediction:
     timings_ms: dict[str, float]
 
 
-def _decode(data: bytes, size: int) -> NDArray[np.uint8]:
+def _decode(data: bytes, size: int, max_pixels: int) -> NDArray[np.uint8]:
     try:
-        return images.decode_image(data, size)
+        return images.decode_image(data, size, max_pixels=max_pixels)
     except images.ImageTooLargeError as exc:
         raise ImageTooLargeError(str(exc)) from None
     except images.ImageError as exc:
@@ -50,14 +50,19 @@ class Predictor:
 
     def __init__(
         self, heads: HeadRegistry, batcher: MicroBatcher, cache: FeatureLRU,
-        head_worker: ModelWorker, *, image_size: int, max_upload_bytes: int, metrics: Metrics,
+        head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
+        max_upload_bytes: int, max_image_pixels: int, metrics: Metrics,
     ) -> None:
         self.heads = heads
         self.batcher = batcher
         self.cache = cache
         self._head_worker = head_worker
+        #: Its few threads bound the decodes running at once, so decode memory is bounded by
+        #: threads x max_image_pixels x ~8 bytes however many images are in flight.
+        self._decoder = decoder
         self.image_size = image_size
         self.max_upload_bytes = max_upload_bytes
+        self.max_image_pixels = max_image_pixels
         self._metrics = metrics
 
     async def features(self, data: bytes) -> tuple[NDArray[np.float32], bool, dict[str, float]]:
@@ -74,7 +79,7 @@ class Predictor:
         timings = {"hash": (t1 - t0) * 1000.0, "decode": 0.0, "queue": 0.0, "forward": 0.0}
         if cached is not None:
             return cached, True, timings
-        pixels = await run_in_threadpool(_decode, data, self.image_size)
+        pixels = await self._decoder.run(_decode, data, self.image_size, self.max_image_pixels)
         timings["decode"] = (time.perf_counter() - t1) * 1000.0
         features, batch = await self.batcher.submit(pixels)
         timings["queue"] = batch.queue_ms
