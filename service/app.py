@@ -25,7 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from extractor.spec import FeatureSpec
 from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    CatchAllMiddleware,
+    DisconnectMiddleware,
+    MetricsMiddleware,
+)
 from service.api.routes import heads, health, metrics, predict
 from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
@@ -129,7 +134,8 @@ def create_app(
                 state.heads, batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
                 head_worker, decoder=decoder, image_size=expected.input_size,
                 max_upload_bytes=settings.max_upload_bytes,
-                max_image_pixels=settings.max_image_pixels, metrics=state.metrics,
+                max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
+                request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)
@@ -158,6 +164,8 @@ def create_app(
         "/predict/batch": settings.max_batch_request_bytes,
     })
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    # Outermost: the metrics see a request cancelled for a disconnected client (as 499).
+    app.add_middleware(DisconnectMiddleware)
     for module in (health, predict, heads, metrics):
         app.include_router(module.router)
     return app

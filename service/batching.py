@@ -12,6 +12,10 @@ An asyncio task on the event loop collects queued images into batches:
 
 While a forward pass runs, new requests keep queueing, so under load batches fill by themselves
 even with `max_wait_ms=0`; the wait only matters for requests arriving close together at idle.
+
+An image whose request is cancelled before its forward pass (the client disconnected, or the
+request timed out) leaves the queue at once. How many images may wait is bounded upstream, by
+`Predictor`, which admits images before decoding them.
 """
 
 from __future__ import annotations
@@ -113,11 +117,18 @@ class MicroBatcher:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
         item = _Item(pixels, loop.create_future(), time.perf_counter())
+        # A request cancelled while its image waits (its client went away, or it timed out)
+        # takes the image out of the queue at once: it is never computed, and frees its place.
+        item.future.add_done_callback(lambda f: self._discard(item) if f.cancelled() else None)
         self._pending.append(item)
         self._wakeup.set()
         if len(self._pending) >= self.max_batch_size:
             self._full.set()
         return await item.future
+
+    def _discard(self, item: _Item) -> None:
+        with contextlib.suppress(ValueError):  # already taken into a batch
+            self._pending.remove(item)
 
     async def _loop(self) -> None:
         while True:

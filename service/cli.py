@@ -15,7 +15,8 @@ EPILOG = """\
 Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
 (FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_MAX_BATCH_SIZE,
 FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_SIZE, FEATCACHE_MAX_UPLOAD_BYTES,
-FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY, ...);
+FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY, FEATCACHE_MAX_QUEUE,
+FEATCACHE_REQUEST_TIMEOUT_S, ...);
 options given here win. The API key is read from the environment only, never from the command
 line, where other users could see it.
 

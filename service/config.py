@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     #: 0: a lone request at idle runs at once (a wait only adds latency for one client);
     #: under load, images queue while a pass runs and form the next batch by themselves.
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    #: Most images admitted and not yet through the conv base (being decoded, queued, or in the
+    #: running forward pass); more is 503 overloaded with Retry-After. It bounds how long an
+    #: accepted image waits: at most max_queue / max_batch_size forward passes (64 / 4 = 16
+    #: passes, ~4 s on a 2-core CPU at ~15 images/s), and what queued images hold.
+    max_queue: int = Field(default=64, ge=1)
+    #: Longest a request's work (decode, queue, forward pass, head) may take, in seconds; past
+    #: it: 503 timeout, and its images still waiting are dropped.
+    request_timeout_s: float = Field(default=30.0, gt=0)
     #: Feature-cache capacity in images (32 KiB each at the default 4x4x512); 0 disables it.
     feature_cache_size: int = Field(default=4096, ge=0)
 

@@ -8,12 +8,14 @@
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
     ├── UnknownHeadError (404 unknown_head)
-    └── NotReadyError (503 not_ready): the model is still loading, or failed to
+    ├── NotReadyError (503 not_ready, Retry-After): the model is still loading, or failed to
+    └── OverloadedError (503 overloaded, Retry-After): too many images already wait for the model
+        └── RequestTimeoutError (503 timeout, Retry-After): not answered within the time limit
     StartupError: a head or the weights cannot be served; raised at startup, never over HTTP
     └── HeadSpecMismatchError: a head's features were made differently from the loaded base
 
 Every error response has the same body: {"error": {"code": ..., "message": ...}}, plus
-"details" for request validation errors.
+"details" for request validation errors. A class with `retry_after_s` adds that header.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from http import HTTPStatus
 class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
+    #: Seconds a client should wait before trying again (the Retry-After header), if any.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,6 +71,20 @@ class UnknownHeadError(ServiceError):
 class NotReadyError(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "not_ready"
+    retry_after_s = 5
+
+
+class OverloadedError(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
+    #: A full queue drains in a few seconds (64 images at ~15/s on a 2-core CPU); refusals
+    #: are cheap (nothing is decoded), so clients may come back soon.
+    retry_after_s = 2
+
+
+class RequestTimeoutError(OverloadedError):
+    code = "timeout"
+    retry_after_s = 5
 
 
 class StartupError(RuntimeError):
