@@ -125,6 +125,8 @@ def create_app(
             batcher = MicroBatcher(
                 backbone, model_worker, max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms, metrics=state.metrics,
+                # A pass longer than any request may wait: the model thread is as good as dead.
+                stall_s=settings.request_timeout_s,
             )
             if settings.warmup:
                 await model_worker.run(_warm_up, backbone, heads, settings.max_batch_size)

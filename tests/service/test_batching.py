@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -109,3 +110,73 @@ def test_batcher_fails_every_request_of_a_failed_pass() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+# --- Issue 11, item 3: a failure anywhere in a batch fails that batch, never the batcher ---
+
+def test_a_failure_after_the_forward_pass_fails_its_batch_and_the_batcher_lives_on() -> None:
+    """A conv base that returns one row too few: that batch's requests fail, the next succeed.
+    (Before issue 11 the row-count error killed the batching task, and every later request
+    waited forever.)"""
+    calls = 0
+
+    def short_then_fine(pixels: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        rows = len(pixels) - 1 if calls == 1 else len(pixels)
+        return np.zeros((rows, 2), np.float32)
+
+    async def scenario() -> tuple[list[object], object]:
+        worker = ModelWorker()
+        batcher = MicroBatcher(short_then_fine, worker, max_batch_size=4, max_wait_ms=50,
+                               metrics=Metrics())
+        batcher.start()
+        try:
+            pixels = np.zeros((8, 8, 3), np.uint8)
+            first = await asyncio.wait_for(asyncio.gather(
+                *(batcher.submit(pixels) for _ in range(3)), return_exceptions=True), 5)
+            later = await asyncio.wait_for(batcher.submit(pixels), 5)
+            return first, later
+        finally:
+            await batcher.stop()
+            worker.shutdown()
+
+    first, later = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) and "2 rows for 3 images" in str(r) for r in first)
+    features, timings = later  # type: ignore[misc]
+    assert features.shape == (2,) and timings.batch_size == 1
+
+
+def test_ready_is_503_when_the_batching_task_is_dead(fake_app) -> None:  # type: ignore[no-untyped-def]
+    data = _images(1)[0]
+    with fake_app(warmup=False, request_timeout_s=5) as client:
+        assert client.get("/ready").status_code == 200
+        predictor = client.app.state.featcache.predictor  # type: ignore[attr-defined]
+        task = predictor.batcher._task
+        client.portal.call(_cancel, task)  # dies as an unexpected error would end it
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+        assert "featcache_ready 0.0" in client.get("/metrics").text
+        # No request waits for a batcher that is gone: an answer at once, not a hang.
+        r = client.post("/predict", files={"file": ("a.png", data)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.sleep(0)
+
+
+def test_ready_is_503_while_the_model_thread_is_stuck(fake_app, make_fake) -> None:  # type: ignore[no-untyped-def]
+    """A forward pass running longer than any request may wait: the model thread is as good as
+    dead until it returns."""
+    fake = make_fake(delay_s=1.5)
+    with fake_app(backbone=fake, warmup=False, request_timeout_s=0.5) as client:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/predict", files={"file": ("a.png", _images(1)[0])})
+            time.sleep(1.0)
+            stuck = client.get("/ready")
+            pending.result()
+        time.sleep(0.7)  # the pass ends
+        assert client.get("/ready").status_code == 200
+    assert stuck.status_code == 503 and stuck.json()["error"]["code"] == "not_ready", stuck.text
