@@ -26,6 +26,7 @@ from extractor.spec import FeatureSpec
 from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
 from service.api.middleware import (
+    ApiKeyMiddleware,
     BodyLimitMiddleware,
     CatchAllMiddleware,
     DisconnectMiddleware,
@@ -165,6 +166,11 @@ def create_app(
         "/predict": settings.max_upload_bytes + 64 * 1024,  # room for the multipart framing
         "/predict/batch": settings.max_batch_request_bytes,
     })
+    # Before the body limit: a client without the key learns nothing, not even the limits.
+    open_paths = {"/health", "/ready", app.docs_url, app.redoc_url, app.openapi_url,
+                  app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
+                       open_paths={p for p in open_paths if p})
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     # Outermost: the metrics see a request cancelled for a disconnected client (as 499).
     app.add_middleware(DisconnectMiddleware)

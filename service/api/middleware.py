@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: request metrics, dropping the work of clients that went away, the
-request body limit, and the last-resort 500."""
+"""Pure ASGI middleware: request metrics, dropping the work of clients that went away, the API
+key (checked before the body is read), the request body limit, and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.deps import check_api_key
 from service.api.errors import error_response
-from service.errors import UploadTooLargeError
+from service.errors import UnauthorizedError, UploadTooLargeError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -115,6 +117,44 @@ class DisconnectMiddleware:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+class ApiKeyMiddleware:
+    """When an API key is set, refuse requests without it from their headers alone.
+
+    FastAPI reads and parses a request's body before any dependency runs, so a dependency that
+    checks the key lets a client without one make the server take in a whole upload (64 MiB
+    for a batch) first. Every path needs the key but `open_paths` (health, readiness and the
+    API docs): routes added later are protected by default, and unknown paths answer 401, not
+    404, to a client without the key.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None,
+                 open_paths: Collection[str]) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.api_key is None or scope["type"] != "http"
+                or scope.get("path", "") in self.open_paths):
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-api-key":
+                given = value.decode("latin-1")
+                break
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    given = credentials.strip()
+        try:
+            check_api_key(self.api_key, given)
+        except UnauthorizedError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
