@@ -37,7 +37,7 @@ from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
 from service.errors import StartupError
-from service.feature_cache import FeatureLRU
+from service.feature_cache import feature_cache
 from service.heads import Head, HeadRegistry, check_heads, load_heads
 from service.metrics import Metrics
 from service.predictor import Predictor
@@ -134,7 +134,7 @@ def create_app(
             batcher.start()
             assert state.heads is not None
             state.predictor = Predictor(
-                state.heads, batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
+                state.heads, batcher, feature_cache(settings, state.metrics),
                 head_worker, decoder=decoder, image_size=expected.input_size,
                 max_upload_bytes=settings.max_upload_bytes,
                 max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
@@ -148,7 +148,8 @@ def create_app(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            state.load_error = f"the model failed to load: {exc}"
+            # /ready is open to all: why stays in the log.
+            state.load_error = "the model failed to load; the server log says why"
             logger.exception("the model failed to load")
             if on_load_failure is not None:
                 on_load_failure(exc)

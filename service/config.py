@@ -45,8 +45,13 @@ class Settings(BaseSettings):
     #: Longest a request's work (decode, queue, forward pass, head) may take, in seconds; past
     #: it: 503 timeout, and its images still waiting are dropped.
     request_timeout_s: float = Field(default=30.0, gt=0)
-    #: Feature-cache capacity in images (32 KiB each at the default 4x4x512); 0 disables it.
-    feature_cache_size: int = Field(default=4096, ge=0)
+    #: Feature-cache capacity in bytes of features; 0 disables it. An entry costs what its
+    #: arrays hold: 32 KiB for block5_pool maps (256 MiB: 8,192 images), 162 KiB for
+    #: block4_pool's, more with pooled vectors alongside.
+    feature_cache_bytes: int = Field(default=256 * MIB, ge=0)
+    #: Deprecated (entries differ in size by layer): a cap on the number of cached images on
+    #: top of feature_cache_bytes; 0 still disables the cache. Unset by default.
+    feature_cache_size: int | None = Field(default=None, ge=0)
 
     #: Largest image upload accepted, in bytes (the /predict body; each file of a batch).
     max_upload_bytes: int = Field(default=10 * MIB, ge=1)

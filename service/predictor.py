@@ -63,7 +63,7 @@ class Predictor:
     """
 
     def __init__(
-        self, heads: HeadRegistry, batcher: MicroBatcher, cache: FeatureLRU,
+        self, heads: HeadRegistry, batcher: MicroBatcher, cache: FeatureLRU[NDArray[np.float32]],
         head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
         max_upload_bytes: int, max_image_pixels: int, max_queue: int, request_timeout_s: float,
         metrics: Metrics,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from imagegen import encode, gradient
 from PIL import Image
+from prometheus_client import generate_latest
 
 from service.batching import MicroBatcher, ModelWorker
 from service.feature_cache import FeatureLRU
@@ -65,8 +68,8 @@ def test_warm_up_runs_before_ready(fake_app, make_fake) -> None:  # type: ignore
 
 def test_feature_cache_evicts_least_recently_used() -> None:
     metrics = Metrics()
-    cache = FeatureLRU(2, metrics)
     a, b, c = (np.full((1, 1, 2), v, np.float32) for v in (1, 2, 3))
+    cache = FeatureLRU(2 * a.nbytes, metrics)  # room for two
     cache.put("a", a)
     cache.put("b", b)
     assert cache.get("a") is not None  # a is now the most recent
@@ -180,3 +183,63 @@ def test_ready_is_503_while_the_model_thread_is_stuck(fake_app, make_fake) -> No
         time.sleep(0.7)  # the pass ends
         assert client.get("/ready").status_code == 200
     assert stuck.status_code == 503 and stuck.json()["error"]["code"] == "not_ready", stuck.text
+
+
+# --- Issue 11, item 5: the feature cache is bounded by bytes, whatever an entry holds ---
+
+KIB = 1024
+
+
+def test_feature_cache_is_bounded_by_bytes() -> None:
+    metrics = Metrics()
+    cache = FeatureLRU(max_bytes=200 * KIB, metrics=metrics)
+    block5 = np.zeros((4, 4, 512), np.float32)  # 32 KiB
+    block4 = np.zeros((9, 9, 512), np.float32)  # 162 KiB: 5x block5's
+    # Contract A: several named arrays per entry; its size is the sum of theirs.
+    named = {"block5_pool": block5, "block5_pool/avg": np.zeros(512, np.float32),
+             "block4_pool/avg": np.zeros(512, np.float32)}  # 36 KiB
+    cache.put("a", block5)
+    cache.put("b", block5)
+    assert (len(cache), cache.nbytes) == (2, 64 * KIB)
+    cache.put("c", block4)  # 226 KiB: a, least recently used, goes
+    assert cache.get("a") is None
+    assert (len(cache), cache.nbytes) == (2, 194 * KIB)
+    cache.put("d", named)  # 230 KiB: b goes; c and d make 198 KiB
+    assert cache.get("b") is None
+    assert (len(cache), cache.nbytes) == (2, 198 * KIB)
+    got = cache.get("d")
+    assert isinstance(got, Mapping) and set(got) == set(named)
+    with pytest.raises(ValueError, match="read-only"):
+        got["block5_pool"][...] = 1
+    with pytest.raises(TypeError):
+        got["extra"] = block5  # type: ignore[index]
+    cache.put("e", np.zeros((300, 512), np.float32))  # larger than the whole cache: not kept
+    assert cache.get("e") is None and cache.get("c") is not None and cache.nbytes == 198 * KIB
+    assert "featcache_feature_cache_bytes 202752.0" in generate_latest(metrics.registry).decode()
+
+
+def test_feature_cache_bytes_setting(fake_app, make_fake) -> None:  # type: ignore[no-untyped-def]
+    """Room for two block5 entries: the third upload evicts the first."""
+    fake = make_fake()
+    uploads = _images(3)
+    with fake_app(backbone=fake, warmup=False, feature_cache_bytes=2 * 32 * KIB) as client:
+        for data in uploads:
+            r = client.post("/predict", files={"file": ("x.png", data)})
+            assert r.json()["cached"] is False
+        again = [client.post("/predict", files={"file": ("x.png", d)}).json()["cached"]
+                 for d in (uploads[2], uploads[0])]
+        assert "featcache_feature_cache_bytes 65536.0" in client.get("/metrics").text
+    assert again == [True, False]
+
+
+def test_feature_cache_size_still_caps_entries_and_is_deprecated(
+    fake_app, make_fake, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    fake = make_fake()
+    data = _images(2)
+    with caplog.at_level(logging.WARNING), fake_app(
+            backbone=fake, warmup=False, feature_cache_size=1) as client:
+        for d in (*data, data[1], data[0]):
+            client.post("/predict", files={"file": ("x.png", d)})
+    assert fake.batch_sizes == [1, 1, 1]  # the second stayed; the first was evicted
+    assert "FEATCACHE_FEATURE_CACHE_BYTES" in caplog.text and "deprecated" in caplog.text
