@@ -92,7 +92,7 @@ def bench_one(head: Path, batch_size: int, wait_ms: float, uploads: list[bytes],
               clients: int, log: Path) -> dict[str, float]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FEATCACHE_FEATURE_CACHE_SIZE": "0", "FEATCACHE_LOG_LEVEL": "warning"}
+    env = {**os.environ, "FEATCACHE_FEATURE_CACHE_BYTES": "0", "FEATCACHE_LOG_LEVEL": "warning"}
     env.pop("FEATCACHE_API_KEY", None)
     with open(log, "ab") as out:
         proc = subprocess.Popen(

@@ -29,8 +29,10 @@ from extractor.spec import FeatureSpec
 from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
 from service.api.middleware import (
+    ApiKeyMiddleware,
     BodyLimitMiddleware,
     CatchAllMiddleware,
+    DisconnectMiddleware,
     MetricsMiddleware,
     V2ErrorMiddleware,
 )
@@ -39,7 +41,7 @@ from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
 from service.errors import StartupError
-from service.feature_cache import FeatureLRU
+from service.feature_cache import feature_cache
 from service.head_store import HeadStore, peek_spec
 from service.heads import ServedHead, check_heads, load_heads
 from service.metrics import Metrics
@@ -175,8 +177,10 @@ def create_app(
         state.head_store = store
 
         model_worker, head_worker = ModelWorker(), ModelWorker()
+        decoder = ModelWorker(settings.decode_concurrency, "featcache-decode")
         loading = asyncio.create_task(
-            _load(store, weights_path, expected, model_worker, head_worker), name="load-model"
+            _load(store, weights_path, expected, model_worker, head_worker, decoder),
+            name="load-model",
         )
         watching = (asyncio.create_task(_watch(store, settings.heads_poll_s, _settle_s(settings)),
                                         name="watch-heads") if store.watching else None)
@@ -197,10 +201,11 @@ def create_app(
             state.metrics.ready.set(0)
             await run_in_threadpool(model_worker.shutdown)
             await run_in_threadpool(head_worker.shutdown)
+            await run_in_threadpool(decoder.shutdown)
 
     async def _load(
         store: HeadStore, weights_path: Path, expected: FeatureSpec, model_worker: ModelWorker,
-        head_worker: ModelWorker,
+        head_worker: ModelWorker, decoder: ModelWorker,
     ) -> None:
         try:
             t0 = time.perf_counter()
@@ -213,14 +218,18 @@ def create_app(
             batcher = MicroBatcher(
                 backbone, model_worker, max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms, metrics=state.metrics,
+                # A pass longer than any request may wait: the model thread is as good as dead.
+                stall_s=settings.request_timeout_s,
             )
             if settings.warmup:
                 await model_worker.run(_warm_up, backbone, heads, settings.max_batch_size)
             batcher.start()
             state.predictor = Predictor(
-                batcher, FeatureLRU(settings.feature_cache_size, state.metrics),
-                head_worker, image_size=expected.input_size,
-                max_upload_bytes=settings.max_upload_bytes, metrics=state.metrics,
+                batcher, feature_cache(settings, state.metrics),
+                head_worker, decoder=decoder, image_size=expected.input_size,
+                max_upload_bytes=settings.max_upload_bytes,
+                max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
+                request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)
@@ -230,7 +239,8 @@ def create_app(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            state.load_error = f"the model failed to load: {exc}"
+            # /ready is open to all: why stays in the log.
+            state.load_error = "the model failed to load; the server log says why"
             logger.exception("the model failed to load")
             if on_load_failure is not None:
                 on_load_failure(exc)
@@ -250,9 +260,17 @@ def create_app(
     }, patterns=[
         (r"/v2/models/[^/]+(/versions/[^/]+)?/infer", settings.max_batch_request_bytes),
     ])
-    # Inside the metrics, so they count the status the client gets (400, not 422, under /v2).
+    # Before the body limit: a client without the key learns nothing, not even the limits.
+    open_paths = {"/health", "/ready", "/v2/health/live", "/v2/health/ready", app.docs_url,
+                  app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
+                       open_paths={p for p in open_paths if p})
+    # Outside the key check and the body limit, inside the metrics: their 401s and 413s under
+    # /v2 get the protocol's shape, and the metrics count the status the client gets.
     app.add_middleware(V2ErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    # Outermost: the metrics see a request cancelled for a disconnected client (as 499).
+    app.add_middleware(DisconnectMiddleware)
     for module in (health, predict, heads, admin, metrics):
         app.include_router(module.router)
     app.include_router(v2.health_router)

@@ -14,9 +14,10 @@ from service.config import Settings
 EPILOG = """\
 Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
 (FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_MAX_BATCH_SIZE,
-FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_SIZE, FEATCACHE_MAX_UPLOAD_BYTES, ...);
-options given here win. The API key is read from the environment only, never from the command
-line, where other users could see it.
+FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_BYTES, FEATCACHE_MAX_UPLOAD_BYTES,
+FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY, FEATCACHE_MAX_QUEUE,
+FEATCACHE_REQUEST_TIMEOUT_S, ...); options given here win. The API key is read from the
+environment only, never from the command line, where other users could see it.
 
 Endpoints: POST /predict, POST /predict/batch, GET /heads, POST /admin/reload, GET /metrics,
 GET /health, GET /ready, the Open Inference Protocol (KServe V2, as Triton's clients speak it)
@@ -57,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, help="most images per forward pass")
     p.add_argument("--max-wait-ms", type=float,
                    help="how long to wait for more images to fill a batch")
+    p.add_argument("--feature-cache-bytes", type=int,
+                   help="bytes of features kept in memory (default 256 MiB; 0 disables the cache)")
     p.add_argument("--feature-cache-size", type=int,
-                   help="images whose features are kept in memory (0 disables the cache)")
+                   help="deprecated: a cap on the number of images in the feature cache, on top "
+                   "of --feature-cache-bytes (0 disables the cache)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                    help="skip the warm-up forward pass before reporting ready")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])

@@ -47,11 +47,34 @@ class Settings(BaseSettings):
     #: 0: a lone request at idle runs at once (a wait only adds latency for one client);
     #: under load, images queue while a pass runs and form the next batch by themselves.
     max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
-    #: Feature-cache capacity in images (32 KiB each at the default 4x4x512); 0 disables it.
-    feature_cache_size: int = Field(default=4096, ge=0)
+    #: Most images admitted and not yet through the conv base (being decoded, queued, or in the
+    #: running forward pass); more is 503 overloaded with Retry-After. It bounds how long an
+    #: accepted image waits: at most max_queue / max_batch_size forward passes (64 / 4 = 16
+    #: passes, ~4 s on a 2-core CPU at ~15 images/s), and what queued images hold.
+    max_queue: int = Field(default=64, ge=1)
+    #: Longest a request's work (decode, queue, forward pass, head) may take, in seconds; past
+    #: it: 503 timeout, and its images still waiting are dropped.
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    #: Feature-cache capacity in bytes of features; 0 disables it. An entry costs what its
+    #: arrays hold: 32 KiB for block5_pool maps (256 MiB: 8,192 images), 162 KiB for
+    #: block4_pool's, more with pooled vectors alongside.
+    feature_cache_bytes: int = Field(default=256 * MIB, ge=0)
+    #: Deprecated (entries differ in size by layer): a cap on the number of cached images on
+    #: top of feature_cache_bytes; 0 still disables the cache. Unset by default.
+    feature_cache_size: int | None = Field(default=None, ge=0)
 
     #: Largest image upload accepted, in bytes (the /predict body; each file of a batch).
     max_upload_bytes: int = Field(default=10 * MIB, ge=1)
+    #: Most pixels an upload may decode to; more is 413 image_too_large. A JPEG counts the
+    #: pixels draft mode decodes (1/8 scale for large ones), so a 48 MP photo passes. Decoding
+    #: holds at most ~8 bytes per pixel (RGBA; 1 for 8-bit grayscale, 3 for 16-bit, 4 for RGB):
+    #: 24 MP (6000x4000) is at most ~190 MB per image being decoded. Pillow's own limit, 89.5
+    #: MP, stays the ceiling for headers.
+    max_image_pixels: int = Field(default=24_000_000, ge=1)
+    #: Images decoded at once, server-wide. With max_image_pixels this bounds what decoding
+    #: holds (2 x 190 MB at most); decoding an ordinary image takes milliseconds, a forward
+    #: pass far longer, so 2 keeps up with the model.
+    decode_concurrency: int = Field(default=2, ge=1, le=64)
     #: Most files in one /predict/batch request.
     max_batch_files: int = Field(default=32, ge=1)
     #: Largest /predict/batch request body, in bytes.

@@ -3,7 +3,7 @@
     ServiceError (500 internal_error: generic body, traceback logged)
     ├── InvalidRequestError (422 invalid_request)
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
-    │   ├── ImageTooLargeError (413 image_too_large): more pixels than allowed (decompression bomb)
+    │   ├── ImageTooLargeError (413 image_too_large): more pixels than max_image_pixels
     │   └── HeadRequiredError (422 head_required): several heads served, none named, no default
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
@@ -11,14 +11,16 @@
     ├── UnknownHeadError (404 unknown_head)
     │   └── UnknownVersionError (404 unknown_version): the head is served, not that version
     ├── ReloadUnavailableError (409 no_heads_dir): /admin/reload with no --heads-dir to rescan
-    └── NotReadyError (503 not_ready): the model is still loading, or failed to
+    ├── NotReadyError (503 not_ready, Retry-After): the model is still loading, or failed to
+    └── OverloadedError (503 overloaded, Retry-After): too many images already wait for the model
+        └── RequestTimeoutError (503 timeout, Retry-After): not answered within the time limit
     StartupError: a head or the weights cannot be served; raised at startup, never over HTTP
     └── HeadSpecMismatchError: a head's features were made differently from the loaded base
 
 Every error response has the same body: {"error": {"code": ..., "message": ...}}, plus
-"details" for request validation errors. Under /v2 the same errors are rewritten on the way out to
-the Open Inference Protocol's {"error": "message"}, 422 becoming 400
-(service/api/middleware.py: V2ErrorMiddleware).
+"details" for request validation errors. A class with `retry_after_s` adds that header. Under
+/v2 the same errors are rewritten on the way out to the Open Inference Protocol's
+{"error": "message"}, 422 becoming 400 (service/api/middleware.py: V2ErrorMiddleware).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from http import HTTPStatus
 class ServiceError(Exception):
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
     code: str = "internal_error"
+    #: Seconds a client should wait before trying again (the Retry-After header), if any.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -85,6 +89,20 @@ class ReloadUnavailableError(ServiceError):
 class NotReadyError(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "not_ready"
+    retry_after_s = 5
+
+
+class OverloadedError(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
+    #: A full queue drains in a few seconds (64 images at ~15/s on a 2-core CPU); refusals
+    #: are cheap (nothing is decoded), so clients may come back soon.
+    retry_after_s = 2
+
+
+class RequestTimeoutError(OverloadedError):
+    code = "timeout"
+    retry_after_s = 5
 
 
 class StartupError(RuntimeError):

@@ -50,4 +50,13 @@ class Metrics:
         self.cache_entries = Gauge(
             "featcache_feature_cache_entries", "Images held in the feature cache", registry=r,
         )
+        self.cache_bytes = Gauge(
+            "featcache_feature_cache_bytes", "Bytes of features held in the feature cache",
+            registry=r,
+        )
+        self.images_waiting = Gauge(
+            "featcache_images_waiting",
+            "Images admitted and not yet through the conv base (decoding, queued or computing)",
+            registry=r,
+        )
         self.ready = Gauge("featcache_ready", "1 when the model is loaded and warmed", registry=r)

@@ -18,6 +18,8 @@ from service.batching import MicroBatcher, ModelWorker
 from service.errors import (
     ImageTooLargeError,
     InvalidImageError,
+    OverloadedError,
+    RequestTimeoutError,
     ServiceError,
     UploadTooLargeError,
 )
@@ -39,9 +41,9 @@ class Prediction:
     timings_ms: dict[str, float]
 
 
-def _decode(data: bytes, size: int) -> NDArray[np.uint8]:
+def _decode(data: bytes, size: int, max_pixels: int) -> NDArray[np.uint8]:
     try:
-        return images.decode_image(data, size)
+        return images.decode_image(data, size, max_pixels=max_pixels)
     except images.ImageTooLargeError as exc:
         raise ImageTooLargeError(str(exc)) from None
     except images.ImageError as exc:
@@ -54,18 +56,42 @@ def _sha256(data: bytes) -> str:
 
 class Predictor:
     """Owns the request path once the model is loaded; routes call `predict` with the head
-    they resolved at the request's start (so a reload never changes it mid-request)."""
+    they resolved at the request's start (so a reload never changes it mid-request).
+
+    Overload: an image that needs the conv base is admitted before it is decoded, and at most
+    `max_queue` are admitted and not yet through their forward pass; beyond, `OverloadedError`
+    (503) at once. So an accepted image waits at most ~max_queue / batch size forward passes,
+    and neither the batcher's queue nor the decoders' backlog can grow without bound. Every
+    request also has a deadline (`request_timeout_s`): past it, `RequestTimeoutError` (503),
+    and its images still waiting for the model are dropped from the queue.
+    """
 
     def __init__(
-        self, batcher: MicroBatcher, cache: FeatureLRU,
-        head_worker: ModelWorker, *, image_size: int, max_upload_bytes: int, metrics: Metrics,
+        self, batcher: MicroBatcher, cache: FeatureLRU[NDArray[np.float32]],
+        head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
+        max_upload_bytes: int, max_image_pixels: int, max_queue: int, request_timeout_s: float,
+        metrics: Metrics,
     ) -> None:
         self.batcher = batcher
         self.cache = cache
         self._head_worker = head_worker
+        #: Its few threads bound the decodes running at once, so decode memory is bounded by
+        #: threads x max_image_pixels x ~8 bytes however many images are in flight.
+        self._decoder = decoder
         self.image_size = image_size
         self.max_upload_bytes = max_upload_bytes
+        self.max_image_pixels = max_image_pixels
+        self.max_queue = max_queue
+        self.request_timeout_s = request_timeout_s
         self._metrics = metrics
+        #: Images admitted and not yet through the conv base. Only the event loop touches it.
+        self.waiting = 0
+
+    def _overloaded(self) -> OverloadedError:
+        return OverloadedError(
+            f"the server is busy: {self.waiting} images are already waiting for the model "
+            f"(the limit is {self.max_queue}); retry in a moment"
+        )
 
     async def features(self, data: bytes) -> tuple[NDArray[np.float32], bool, dict[str, float]]:
         """Features of an upload, from the cache when the same bytes were seen before."""
@@ -81,24 +107,47 @@ class Predictor:
         timings = {"hash": (t1 - t0) * 1000.0, "decode": 0.0, "queue": 0.0, "forward": 0.0}
         if cached is not None:
             return cached, True, timings
-        pixels = await run_in_threadpool(_decode, data, self.image_size)
-        timings["decode"] = (time.perf_counter() - t1) * 1000.0
-        features, batch = await self.batcher.submit(pixels)
+        if self.waiting >= self.max_queue:
+            raise self._overloaded()
+        self.waiting += 1
+        self._metrics.images_waiting.set(self.waiting)
+        try:
+            pixels = await self._decoder.run(_decode, data, self.image_size, self.max_image_pixels)
+            timings["decode"] = (time.perf_counter() - t1) * 1000.0
+            features, batch = await self.batcher.submit(pixels)
+        finally:
+            self.waiting -= 1
+            self._metrics.images_waiting.set(self.waiting)
         timings["queue"] = batch.queue_ms
         timings["forward"] = batch.forward_ms
         self.cache.put(key, features)
         return features, False, timings
 
-    async def predict(self, data: bytes, head: ServedHead) -> Prediction:
+    def deadline(self) -> float:
+        """When a request starting now must be answered, on the event loop's clock."""
+        return asyncio.get_running_loop().time() + self.request_timeout_s
+
+    async def predict(self, data: bytes, head: ServedHead,
+                      deadline: float | None = None) -> Prediction:
         t0 = time.perf_counter()
+        timeout = asyncio.timeout_at(self.deadline() if deadline is None else deadline)
         try:
-            features, cached, timings = await self.features(data)
-            t1 = time.perf_counter()
-            proba = await self._head_worker.run(head.predict_proba, features[np.newaxis])
+            async with timeout:
+                features, cached, timings = await self.features(data)
+                t1 = time.perf_counter()
+                proba = await self._head_worker.run(head.predict_proba, features[np.newaxis])
         except Exception as exc:
-            outcome = getattr(exc, "code", "internal_error")
-            self._metrics.predictions.labels(head.name, outcome).inc()
-            raise
+            error = exc
+            if isinstance(exc, TimeoutError) and timeout.expired():
+                error = RequestTimeoutError(
+                    f"no answer within {self.request_timeout_s:g} s: the server is overloaded; "
+                    "retry later"
+                )
+            self._metrics.predictions.labels(head.name, getattr(error, "code", "internal_error")
+                                             ).inc()
+            if error is exc:
+                raise
+            raise error from None
         t2 = time.perf_counter()
         timings["head"] = (t2 - t1) * 1000.0
         timings["total"] = (t2 - t0) * 1000.0
@@ -118,14 +167,18 @@ class Predictor:
         self, uploads: Sequence[bytes | Exception], head: ServedHead
     ) -> list[Prediction | BaseException]:
         """One result per upload, in order, all in flight at once so they share forward passes;
-        a failure (or an upload that already failed) is returned in its own slot."""
+        a failure (or an upload that already failed) is returned in its own slot. With the queue
+        already full the whole request is refused (`OverloadedError`)."""
+        if self.waiting >= self.max_queue:
+            raise self._overloaded()
+        deadline = self.deadline()
 
         async def one(upload: bytes | Exception) -> Prediction:
             if isinstance(upload, Exception):
                 self._metrics.predictions.labels(
                     head.name, getattr(upload, "code", "internal_error")).inc()
                 raise upload
-            return await self.predict(upload, head)
+            return await self.predict(upload, head, deadline)
 
         return await asyncio.gather(*(one(u) for u in uploads), return_exceptions=True)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from service.app_state import AppState
 from service.config import Settings
@@ -14,6 +16,8 @@ from service.errors import NotReadyError, UnauthorizedError, UnknownVersionError
 from service.head_store import HeadStore
 from service.heads import ServedHead
 from service.predictor import Predictor
+
+logger = logging.getLogger(__name__)
 
 
 def get_state(request: Request) -> AppState:
@@ -38,6 +42,20 @@ def get_predictor(state: StateDep) -> Predictor:
 
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def get_serving_predictor(state: StateDep, predictor: PredictorDep) -> Predictor:
+    """The predictor, when its model thread is serving requests: readiness checks. A dead
+    batching task, a shut-down or stuck model thread is 503; the cause goes to the log."""
+    problem = predictor.batcher.problem()
+    state.metrics.ready.set(0 if problem else 1)
+    if problem is not None:
+        logger.warning("not ready: %s", problem)  # the details stay in the log
+        raise NotReadyError("the model is not serving requests; the server log says why")
+    return predictor
+
+
+ServingPredictorDep = Annotated[Predictor, Depends(get_serving_predictor)]
 
 
 def get_head_store(state: StateDep) -> HeadStore:
@@ -76,20 +94,28 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
 
 
+def check_api_key(expected: SecretStr | None, given: str | None) -> None:
+    """Raise `UnauthorizedError` unless no key is configured or `given` is it."""
+    if expected is None:
+        return
+    if not given:
+        raise UnauthorizedError("an API key is required: send it in the X-API-Key header")
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise UnauthorizedError("invalid API key")
+
+
 def require_api_key(
     settings: SettingsDep,
     header_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
-    """When an API key is configured, the request must carry it (X-API-Key or Bearer)."""
-    if settings.api_key is None:
-        return
-    given = header_key or (bearer.credentials if bearer is not None else None)
-    if given is None:
-        raise UnauthorizedError("an API key is required: send it in the X-API-Key header")
-    expected = settings.api_key.get_secret_value()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise UnauthorizedError("invalid API key")
+    """When an API key is configured, the request must carry it (X-API-Key or Bearer).
+
+    `ApiKeyMiddleware` has already refused requests without it, before reading their bodies;
+    this dependency documents the schemes in the OpenAPI schema, and checks again.
+    """
+    check_api_key(settings.api_key,
+                  header_key or (bearer.credentials if bearer is not None else None))
 
 
 ApiKey = Depends(require_api_key)

@@ -33,7 +33,7 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None]:
     """(status, body, headers) for any exception; only deliberate messages reach the client."""
     if isinstance(exc, ServiceError) and exc.status != HTTPStatus.INTERNAL_SERVER_ERROR:
-        headers = {"Retry-After": "5"} if exc.status == HTTPStatus.SERVICE_UNAVAILABLE else None
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
         return exc.status, error_body(exc.code, exc.message), headers
     if isinstance(exc, StarletteHTTPException):
         status = HTTPStatus(exc.status_code)

@@ -1,24 +1,31 @@
-"""Pure ASGI middleware: request metrics, the request body limit, the last-resort 500, and the
-Open Inference Protocol's error body under /v2."""
+"""Pure ASGI middleware: request metrics, dropping the work of clients that went away, the API
+key (checked before the body is read), the request body limit, the last-resort 500, and the Open
+Inference Protocol's error body under /v2."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.deps import check_api_key
 from service.api.errors import error_response
-from service.errors import UploadTooLargeError
+from service.errors import UnauthorizedError, UploadTooLargeError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 UNMATCHED = "<unmatched>"
+#: The status metrics record for a request whose client went away before its answer (nginx's).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class MetricsMiddleware:
@@ -43,11 +50,114 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
             method = scope.get("method", "")
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+
+
+class DisconnectMiddleware:
+    """Cancel a request's work when its client disconnects before the answer.
+
+    Neither uvicorn nor Starlette does: a request whose client has gone runs to the end, and
+    under overload the queue fills with images nobody will read. Once the app has read the
+    whole body, the only message left to receive is `http.disconnect`; a watcher waits for it
+    and cancels the app, and the batcher then drops the request's images that are still
+    queued. The app runs as a child task so that cancelling it leaves the server's own task
+    alone.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        disconnected = asyncio.Event()
+        answered = False
+
+        async def receive_wrapper() -> Message:
+            if body_read.is_set():  # the app asks again after the body: wait for the watcher
+                await disconnected.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        async def watch(task: asyncio.Task[None]) -> None:
+            await body_read.wait()
+            message = await receive()  # returns when the client leaves or the answer is sent
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                if not answered:
+                    task.cancel()
+
+        task = asyncio.ensure_future(self.app(scope, receive_wrapper, send_wrapper))
+        watcher = asyncio.ensure_future(watch(task))
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not (task.cancelled() and disconnected.is_set()):
+                raise  # the server itself is cancelling us
+            logger.info("%s %s: the client disconnected before its answer; its work was dropped",
+                        scope.get("method", ""), scope.get("path", ""))
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+class ApiKeyMiddleware:
+    """When an API key is set, refuse requests without it from their headers alone.
+
+    FastAPI reads and parses a request's body before any dependency runs, so a dependency that
+    checks the key lets a client without one make the server take in a whole upload (64 MiB
+    for a batch) first. Every path needs the key but `open_paths` (health, readiness and the
+    API docs): routes added later are protected by default, and unknown paths answer 401, not
+    404, to a client without the key.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: SecretStr | None,
+                 open_paths: Collection[str]) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.api_key is None or scope["type"] != "http"
+                or scope.get("path", "") in self.open_paths):
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-api-key":
+                given = value.decode("latin-1")
+                break
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    given = credentials.strip()
+        try:
+            check_api_key(self.api_key, given)
+        except UnauthorizedError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

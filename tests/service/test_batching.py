@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from imagegen import encode, gradient
 from PIL import Image
+from prometheus_client import generate_latest
 
 from service.batching import MicroBatcher, ModelWorker
 from service.feature_cache import FeatureLRU
@@ -64,8 +68,8 @@ def test_warm_up_runs_before_ready(fake_app, make_fake) -> None:  # type: ignore
 
 def test_feature_cache_evicts_least_recently_used() -> None:
     metrics = Metrics()
-    cache = FeatureLRU(2, metrics)
     a, b, c = (np.full((1, 1, 2), v, np.float32) for v in (1, 2, 3))
+    cache = FeatureLRU(2 * a.nbytes, metrics)  # room for two
     cache.put("a", a)
     cache.put("b", b)
     assert cache.get("a") is not None  # a is now the most recent
@@ -109,3 +113,133 @@ def test_batcher_fails_every_request_of_a_failed_pass() -> None:
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+# --- Issue 11, item 3: a failure anywhere in a batch fails that batch, never the batcher ---
+
+def test_a_failure_after_the_forward_pass_fails_its_batch_and_the_batcher_lives_on() -> None:
+    """A conv base that returns one row too few: that batch's requests fail, the next succeed.
+    (Before issue 11 the row-count error killed the batching task, and every later request
+    waited forever.)"""
+    calls = 0
+
+    def short_then_fine(pixels: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        rows = len(pixels) - 1 if calls == 1 else len(pixels)
+        return np.zeros((rows, 2), np.float32)
+
+    async def scenario() -> tuple[list[object], object]:
+        worker = ModelWorker()
+        batcher = MicroBatcher(short_then_fine, worker, max_batch_size=4, max_wait_ms=50,
+                               metrics=Metrics())
+        batcher.start()
+        try:
+            pixels = np.zeros((8, 8, 3), np.uint8)
+            first = await asyncio.wait_for(asyncio.gather(
+                *(batcher.submit(pixels) for _ in range(3)), return_exceptions=True), 5)
+            later = await asyncio.wait_for(batcher.submit(pixels), 5)
+            return first, later
+        finally:
+            await batcher.stop()
+            worker.shutdown()
+
+    first, later = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) and "2 rows for 3 images" in str(r) for r in first)
+    features, timings = later  # type: ignore[misc]
+    assert features.shape == (2,) and timings.batch_size == 1
+
+
+def test_ready_is_503_when_the_batching_task_is_dead(fake_app) -> None:  # type: ignore[no-untyped-def]
+    data = _images(1)[0]
+    with fake_app(warmup=False, request_timeout_s=5) as client:
+        assert client.get("/ready").status_code == 200
+        predictor = client.app.state.featcache.predictor  # type: ignore[attr-defined]
+        task = predictor.batcher._task
+        client.portal.call(_cancel, task)  # dies as an unexpected error would end it
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+        assert "featcache_ready 0.0" in client.get("/metrics").text
+        # No request waits for a batcher that is gone: an answer at once, not a hang.
+        r = client.post("/predict", files={"file": ("a.png", data)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready", r.text
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.sleep(0)
+
+
+def test_ready_is_503_while_the_model_thread_is_stuck(fake_app, make_fake) -> None:  # type: ignore[no-untyped-def]
+    """A forward pass running longer than any request may wait: the model thread is as good as
+    dead until it returns."""
+    fake = make_fake(delay_s=1.5)
+    with fake_app(backbone=fake, warmup=False, request_timeout_s=0.5) as client:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.post, "/predict", files={"file": ("a.png", _images(1)[0])})
+            time.sleep(1.0)
+            stuck = client.get("/ready")
+            pending.result()
+        time.sleep(0.7)  # the pass ends
+        assert client.get("/ready").status_code == 200
+    assert stuck.status_code == 503 and stuck.json()["error"]["code"] == "not_ready", stuck.text
+
+
+# --- Issue 11, item 5: the feature cache is bounded by bytes, whatever an entry holds ---
+
+KIB = 1024
+
+
+def test_feature_cache_is_bounded_by_bytes() -> None:
+    metrics = Metrics()
+    cache = FeatureLRU(max_bytes=200 * KIB, metrics=metrics)
+    block5 = np.zeros((4, 4, 512), np.float32)  # 32 KiB
+    block4 = np.zeros((9, 9, 512), np.float32)  # 162 KiB: 5x block5's
+    # Contract A: several named arrays per entry; its size is the sum of theirs.
+    named = {"block5_pool": block5, "block5_pool/avg": np.zeros(512, np.float32),
+             "block4_pool/avg": np.zeros(512, np.float32)}  # 36 KiB
+    cache.put("a", block5)
+    cache.put("b", block5)
+    assert (len(cache), cache.nbytes) == (2, 64 * KIB)
+    cache.put("c", block4)  # 226 KiB: a, least recently used, goes
+    assert cache.get("a") is None
+    assert (len(cache), cache.nbytes) == (2, 194 * KIB)
+    cache.put("d", named)  # 230 KiB: b goes; c and d make 198 KiB
+    assert cache.get("b") is None
+    assert (len(cache), cache.nbytes) == (2, 198 * KIB)
+    got = cache.get("d")
+    assert isinstance(got, Mapping) and set(got) == set(named)
+    with pytest.raises(ValueError, match="read-only"):
+        got["block5_pool"][...] = 1
+    with pytest.raises(TypeError):
+        got["extra"] = block5  # type: ignore[index]
+    cache.put("e", np.zeros((300, 512), np.float32))  # larger than the whole cache: not kept
+    assert cache.get("e") is None and cache.get("c") is not None and cache.nbytes == 198 * KIB
+    assert "featcache_feature_cache_bytes 202752.0" in generate_latest(metrics.registry).decode()
+
+
+def test_feature_cache_bytes_setting(fake_app, make_fake) -> None:  # type: ignore[no-untyped-def]
+    """Room for two block5 entries: the third upload evicts the first."""
+    fake = make_fake()
+    uploads = _images(3)
+    with fake_app(backbone=fake, warmup=False, feature_cache_bytes=2 * 32 * KIB) as client:
+        for data in uploads:
+            r = client.post("/predict", files={"file": ("x.png", data)})
+            assert r.json()["cached"] is False
+        again = [client.post("/predict", files={"file": ("x.png", d)}).json()["cached"]
+                 for d in (uploads[2], uploads[0])]
+        assert "featcache_feature_cache_bytes 65536.0" in client.get("/metrics").text
+    assert again == [True, False]
+
+
+def test_feature_cache_size_still_caps_entries_and_is_deprecated(
+    fake_app, make_fake, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    fake = make_fake()
+    data = _images(2)
+    with caplog.at_level(logging.WARNING), fake_app(
+            backbone=fake, warmup=False, feature_cache_size=1) as client:
+        for d in (*data, data[1], data[0]):
+            client.post("/predict", files={"file": ("x.png", d)})
+    assert fake.batch_sizes == [1, 1, 1]  # the second stayed; the first was evicted
+    assert "FEATCACHE_FEATURE_CACHE_BYTES" in caplog.text and "deprecated" in caplog.text

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ntpath
+import posixpath
+from pathlib import PurePath
+from typing import Any
+
 from fastapi import APIRouter
 
 from service.api.deps import ApiKey, HeadStoreDep
@@ -31,10 +36,23 @@ def heads_view(store: HeadStore) -> HeadsResponse:
             name=h.name, default=h.name == registry.default, version=h.version_label,
             source="head" if h.fixed else "heads_dir", versions=versions.get(h.name, []),
             classes=[str(c) for c in h.classes_], spec=h.spec.to_dict(),
-            metrics=h.metadata.get("metrics"), metadata=h.metadata,
+            metrics=h.metadata.get("metrics"), metadata=_public(h.metadata),
         )
         for h in registry
     ]
     unserved = [UnservedHead(name=name, versions=vs) for name, vs in versions.items()
                 if name not in registry]
     return HeadsResponse(default=registry.default, heads=heads, unserved=unserved)
+
+
+def _public(value: Any) -> Any:
+    """Metadata as clients see it: absolute paths (where the head was trained: folders, user
+    names) cut to their file names, which say what was used without saying where. The
+    metadata file keeps them whole."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    if isinstance(value, str) and (posixpath.isabs(value) or ntpath.isabs(value)):
+        return PurePath(value.replace("\\", "/")).name
+    return value

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter
 
-from service.api.deps import HeadStoreDep, PredictorDep, StateDep
+from service.api.deps import HeadStoreDep, ServingPredictorDep, StateDep
 from service.api.schemas import ErrorResponse, Health, Readiness
 from service.errors import NotReadyError
 
@@ -22,9 +22,9 @@ def health() -> Health:
     "/ready", response_model=Readiness,
     summary="The model is loaded and warmed up, and a head is served",
     responses={503: {"model": ErrorResponse,
-                     "description": "Still loading, failed to, or no head yet"}},
+                     "description": "Still loading, failed to, not serving, or no head yet"}},
 )
-def ready(state: StateDep, predictor: PredictorDep, store: HeadStoreDep) -> Readiness:
+def ready(state: StateDep, predictor: ServingPredictorDep, store: HeadStoreDep) -> Readiness:
     registry = store.current()
     if not len(registry):
         raise NotReadyError("no head can be served yet (see GET /heads)")

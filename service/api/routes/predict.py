@@ -26,7 +26,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "Unknown head or version"),
         (413, "Upload too large, or an image with too many pixels"),
         (422, "No file, or not a usable image"),
-        (503, "The model is not loaded yet"),
+        (503, "Not loaded yet, the queue is full, or no answer in time (see Retry-After)"),
     )
 }
 

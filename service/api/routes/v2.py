@@ -20,8 +20,8 @@ from service.api.deps import (
     ApiKey,
     HeadStoreDep,
     PredictorDep,
+    ServingPredictorDep,
     SettingsDep,
-    StateDep,
     resolve_head,
 )
 from service.errors import NotReadyError
@@ -37,9 +37,7 @@ def live() -> dict[str, bool]:
 
 
 @health_router.get("/ready", summary="V2: the model is loaded and a head is served (503 if not)")
-def server_ready(state: StateDep, store: HeadStoreDep) -> dict[str, bool]:
-    if state.predictor is None:
-        raise NotReadyError(state.load_error or "the model is still loading; retry shortly")
+def server_ready(predictor: ServingPredictorDep, store: HeadStoreDep) -> dict[str, bool]:
     if not len(store.current()):
         raise NotReadyError("no head can be served yet")
     return {"ready": True}
@@ -67,11 +65,9 @@ def model_metadata(name: str, store: HeadStoreDep, version: str | None = None) -
 
 @router.get("/models/{name}/ready", summary="V2: the model can answer now (503 if loading)")
 @router.get("/models/{name}/versions/{version}/ready", summary="V2: one version can answer now")
-def model_ready(name: str, state: StateDep, store: HeadStoreDep,
+def model_ready(name: str, store: HeadStoreDep, predictor: ServingPredictorDep,
                 version: str | None = None) -> dict[str, Any]:
     resolve_head(store, name, version)
-    if state.predictor is None:
-        raise NotReadyError(state.load_error or "the model is still loading; retry shortly")
     return {"name": name, "ready": True}
 
 
