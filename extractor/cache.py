@@ -17,8 +17,10 @@ Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
 Crash safety: the cache file is only ever replaced whole (`os.replace` of a finished temporary
 file), so it is always either the previous complete cache or the new one. Work in progress goes
 to checkpoint files in `<cache>.parts/`, each also written to a temporary name and renamed when
-complete. A killed run leaves complete checkpoints only; the next run skips what they hold and
-folds them into the cache when it finishes.
+complete (`extractor.atomic`: a failed write leaves no temporary behind, and the rename is made
+durable before the checkpoints it replaces are deleted). A killed run leaves complete
+checkpoints only; the next run skips what they hold and folds them into the cache when it
+finishes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor.atomic import atomic_h5
 from extractor.features import pool as pool_maps
 from extractor.spec import FeatureSpec, parse_feature_name
 
@@ -316,17 +319,6 @@ def _set_attrs(
         f.attrs[key] = value
 
 
-def _atomic_h5(path: Path) -> tuple[Path, h5py.File]:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    return tmp, h5py.File(tmp, "w")
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_cache(
     path: str | os.PathLike[str],
     features: NDArray[np.float32],
@@ -347,14 +339,12 @@ def write_cache(
         raise ValueError(
             f"features must have shape {(n, *spec.feature_shape)}; got {feats.shape}"
         )
-    tmp, f = _atomic_h5(path)
-    with f:
+    with atomic_h5(path) as f:
         _set_attrs(f, spec, class_names, extra_attrs or {})
         write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
         f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
                                                  dtype=np.int16).reshape(n))
-    _commit(tmp, path)
     return path
 
 
@@ -448,8 +438,7 @@ class Staging:
         existing = self.parts()
         seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.dir / f"part-{seq:06d}.h5"
-        tmp, f = _atomic_h5(path)
-        with f:
+        with atomic_h5(path) as f:
             for key, value in {**self.spec.to_dict(), **self.augment.to_attrs()}.items():
                 f.attrs[key] = value
             f.attrs["format"] = PART_FORMAT
@@ -463,7 +452,6 @@ class Staging:
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
             f.create_dataset("view", data=np.asarray(cp.views, dtype=np.int16))
-        _commit(tmp, path)
         return path
 
     def clear(self) -> None:
@@ -547,8 +535,7 @@ def consolidate(
         if dropped:
             logger.info("dropping the rows of %d files that are gone from the folder", dropped)
         spec = staging.spec
-        tmp, out = _atomic_h5(cache_path)
-        with out:
+        with atomic_h5(cache_path) as out:
             _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
             n = len(keep)
             _create_datasets(out, n, spec.feature_shape)
@@ -561,7 +548,6 @@ def consolidate(
             skip_keep = sorted(p for p in skipped if p in labels)
             _write_strings(grp, "paths", skip_keep)
             _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
-        _commit(tmp, cache_path)
     finally:
         for f in sources:
             f.close()

@@ -33,12 +33,11 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor.atomic import atomic_h5
 from extractor.cache import (
     FORMAT,
     CacheError,
-    _atomic_h5,
     _chunk_rows,
-    _commit,
     _create_datasets,
     _from_attr,
     _set_attrs,
@@ -79,13 +78,11 @@ def write_shard(
     """Write one shard atomically (temporary name, then rename) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / shard_name([*paths, *(p for p, _ in skipped)])
-    tmp, f = _atomic_h5(path)
-    with f:
+    with atomic_h5(path) as f:
         for key, value in spec.to_dict().items():
             f.attrs[key] = value
         f.attrs["format"] = SHARD_FORMAT
         write_rows(f, spec, features, paths, sha256, skipped)
-    _commit(tmp, path)
     return path
 
 
@@ -183,8 +180,7 @@ def merge(
     skip_keep = sorted(p for p in skipped if p in labels and p not in rows)
     n = len(keep)
     base = cache_path.parent
-    tmp, out = _atomic_h5(cache_path)
-    with out:
+    with atomic_h5(cache_path) as out:
         _set_attrs(out, spec, class_names, extra_attrs)
         if n:
             layout = h5py.VirtualLayout(shape=(n, *spec.feature_shape), dtype=np.float32)
@@ -205,7 +201,6 @@ def merge(
         grp = out.create_group("skipped")
         _write_strings(grp, "paths", skip_keep)
         _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
-    _commit(tmp, cache_path)
     return n, [(p, skipped[p]) for p in skip_keep]
 
 
@@ -260,8 +255,7 @@ def check_sources(cache_path: Path) -> None:
 def make_self_contained(cache_path: Path) -> None:
     """Replace a merged cache by a plain copy holding its features (then shards are not needed)."""
     check_sources(cache_path)
-    tmp, out = _atomic_h5(cache_path)
-    with h5py.File(cache_path, "r") as src, out:
+    with h5py.File(cache_path, "r") as src, atomic_h5(cache_path) as out:
         for key, value in src.attrs.items():
             out.attrs[key] = value
         feats = src["features"]
@@ -272,7 +266,6 @@ def make_self_contained(cache_path: Path) -> None:
             out["features"][start : start + step] = feats[start : start + step]
         for name in ("labels", "paths", "sha256", "skipped"):
             src.copy(src[name], out, name)
-    _commit(tmp, cache_path)
 
 
 def remove_shards(directory: Path) -> None:
