@@ -505,7 +505,11 @@ def consolidate(
         src = len(sources) - 1
         paths, shas, views = _strings(f["paths"]), _strings(f["sha256"]), _views(f)
         for i, (p, s, v) in enumerate(zip(paths, shas, views.tolist(), strict=True)):
-            rows[(p, v)] = _Row(p, s, v, src, i)
+            row = _Row(p, s, v, src, i)
+            rows[(p, v)] = row
+            # Features are found by content, also those of a row a newer one replaces: after
+            # `mv a b` and a new `a`, b's features are the old a's row (issue 11, item 6).
+            by_sha.setdefault((s, v), row)
 
     try:
         if cache_path.exists():
@@ -517,8 +521,6 @@ def consolidate(
             skipped.update(
                 zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]), strict=True)
             )
-        for row in rows.values():
-            by_sha.setdefault((row.sha256, row.view), row)
         for p, s in dups:
             for v in range(staging.augment.views + 1):
                 if (s, v) not in by_sha:

@@ -260,3 +260,23 @@ def test_a_cached_file_that_turns_bad_leaves_the_cache(tmp_path: Path) -> None:
     with open_cache(out) as cache:
         assert "cat/cat001.png" not in cache.paths
         assert dict(cache.skipped)["cat/cat001.png"].startswith("not an image")
+
+
+def test_renamed_file_and_a_new_file_under_its_old_name(tmp_path: Path) -> None:
+    """`mv a b` then a new `a` (issue 11, item 6): b keeps a's features, a gets its own."""
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    with open_cache(out) as cache:
+        old = cache.read([cache.paths.index("cat/cat000.png")])[0][0]
+    (folder / "cat" / "cat000.png").rename(folder / "cat" / "renamed.png")
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(folder / "cat" / "cat000.png")
+
+    counter = CountingFeatures()
+    summary = run(opts(folder, out), features_fn=counter)
+    assert counter.images == 1  # the new file; the renamed one shares its old features
+    assert summary.total == 5
+    with open_cache(out) as cache:
+        x = dict(zip(cache.paths, cache.read()[0], strict=True))
+    np.testing.assert_array_equal(x["cat/renamed.png"], old)
+    assert x["cat/cat000.png"][0, 0, 0] == pytest.approx(200.0, abs=0.01)
