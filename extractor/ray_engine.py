@@ -32,6 +32,7 @@ from extractor.runner import (
     Summary,
     _extra_attrs,
     decode_bytes,
+    lock_output,
     plan,
 )
 from extractor.spec import FeatureSpec
@@ -121,7 +122,11 @@ class ShardWriter:
 
 def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
     """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there."""
-    ray_opts = ray_opts or RayOptions()
+    with lock_output(opts.out):
+        return _run(opts, ray_opts or RayOptions())
+
+
+def _run(opts: Options, ray_opts: RayOptions) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     sdir = ray_opts.shards_dir or sh.shards_dir(opts.out)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from numpy.typing import NDArray
 
 from extractor import augment as aug
 from extractor import backbone as bb
+from extractor import locking
+from extractor.atomic import remove_stale_temps
 from extractor.cache import (
     AugmentSettings,
     Checkpoint,
@@ -189,8 +192,30 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     return listing, spec, weights_path
 
 
+@contextlib.contextmanager
+def lock_output(out: Path) -> Iterator[None]:
+    """Be the only run writing `out` (and its checkpoints or shards) for the block."""
+    _check_output(out)
+    try:
+        with locking.exclusive(out):
+            # Nobody else writes `out` now: a temporary beside it is a killed run's leftover.
+            for stale in remove_stale_temps(out):
+                logger.info("removed %s, left by an interrupted run", stale.name)
+            yield
+    except locking.Busy as exc:
+        raise ExtractError(
+            f"{out} is being written by another extract ({exc.holder}); wait for it to finish, "
+            f"or choose another --out (lock file: {exc.lock})"
+        ) from None
+
+
 def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
     """Extract `opts.directory` into `opts.out`, resuming whatever a previous run left."""
+    with lock_output(opts.out):
+        return _run(opts, features_fn)
+
+
+def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     summary = Summary(out=opts.out, class_names=listing.class_names)

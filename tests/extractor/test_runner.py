@@ -280,3 +280,74 @@ def test_renamed_file_and_a_new_file_under_its_old_name(tmp_path: Path) -> None:
         x = dict(zip(cache.paths, cache.read()[0], strict=True))
     np.testing.assert_array_equal(x["cat/renamed.png"], old)
     assert x["cat/cat000.png"][0, 0, 0] == pytest.approx(200.0, abs=0.01)
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    """Two runs on one --out (issue 11, item 7). Without a lock, run B (started while A runs,
+    after files were added) checkpoints the new files, A's consolidation folds B's checkpoints
+    in, drops those files (A's listing lacks them) and deletes the checkpoints; B then
+    finishes from A's cache and the new files are lost although B extracted them."""
+    import threading
+
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    a_paused, b_progressed, a_done = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def fa(pixels: np.ndarray) -> np.ndarray:
+        results["a_calls"] = int(results.get("a_calls", 0)) + 1  # type: ignore[call-overload]
+        if results["a_calls"] == 2:
+            a_paused.set()
+            b_progressed.wait(30)
+        return fake_features(pixels)
+
+    def fb(pixels: np.ndarray) -> np.ndarray:
+        results["b_calls"] = int(results.get("b_calls", 0)) + 1  # type: ignore[call-overload]
+        if results["b_calls"] == 3:
+            b_progressed.set()
+            a_done.wait(30)
+        return fake_features(pixels)
+
+    def runner(name: str, fn: object, done: threading.Event) -> None:
+        try:
+            results[name] = run(opts(folder, out, batch_size=1, checkpoint_every=1),
+                                features_fn=fn)  # type: ignore[arg-type]
+        except Exception as exc:
+            results[name] = exc
+        finally:
+            done.set()
+
+    a = threading.Thread(target=runner, args=("a", fa, a_done))
+    a.start()
+    assert a_paused.wait(30)
+    for i in range(2):
+        Image.fromarray(gradient(70, 70, seed=500 + i)).save(folder / "cat" / f"a_new{i}.png")
+    b = threading.Thread(target=runner, args=("b", fb, b_progressed))
+    b.start()
+    a.join(60)
+    b.join(60)
+
+    with open_cache(out) as cache:
+        held = cache.paths
+    assert isinstance(results["b"], ExtractError), (
+        f"the second run was not refused ({results['b']}); after both runs the cache holds "
+        f"{held}")
+    assert "another extract" in str(results["b"]) and str(out) in str(results["b"])
+    assert not isinstance(results["a"], Exception) and len(held) == 4
+    assert run(opts(folder, out), features_fn=fake_features).total == 6
+    assert not list(tmp_path.glob(".f.h5.lock"))  # released and removed
+
+
+def test_cli_refuses_an_output_another_run_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from extractor.locking import exclusive
+
+    folder = make_folder(tmp_path / "imgs", per_class=1)
+    out = tmp_path / "f.h5"
+    with exclusive(out):
+        rc = extract_main(["--dir", str(folder), "--out", str(out), "--quiet",
+                           "--image-size", str(SIZE)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "another extract" in err and "Traceback" not in err
+    assert not out.exists()
