@@ -91,9 +91,14 @@ def _package_version() -> str:
 
 
 class FeatureCache:
-    """Read access to a cache file. Features stay on disk until asked for."""
+    """Read access to a cache file. Features stay on disk until asked for.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    A merged cache (Ray engine) whose shard files are not all readable is refused on open:
+    HDF5 would read the lost rows as NaN without an error. `check_sources=False` skips that
+    check, only to read the attributes of a cache that is about to be rebuilt.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, check_sources: bool = True) -> None:
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r")
@@ -104,6 +109,11 @@ class FeatureCache:
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
             raise CacheError(f"{self.path} is not a feature cache (attribute format != {FORMAT})")
+        if check_sources:
+            missing = missing_sources(self._file, self.path)
+            if missing:
+                self._file.close()
+                raise CacheError(lost_sources_message(self.path, missing))
 
     def close(self) -> None:
         self._file.close()
@@ -255,9 +265,43 @@ class FeatureCache:
         return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
-def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
+def open_cache(path: str | os.PathLike[str], *, check_sources: bool = True) -> FeatureCache:
     """Open a feature cache for reading (use as a context manager)."""
-    return FeatureCache(path)
+    return FeatureCache(path, check_sources=check_sources)
+
+
+def virtual_source_files(f: h5py.File) -> list[str]:
+    """The files the virtual datasets of `f` map rows onto, as stored (relative names)."""
+    names: set[str] = set()
+
+    def visit(_: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            names.update(m.file_name for m in obj.virtual_sources())
+
+    f.visititems(visit)
+    return sorted(n for n in names if n != ".")
+
+
+def missing_sources(f: h5py.File, path: Path) -> list[Path]:
+    """Source files of `f`'s virtual datasets that cannot be opened (empty: all there)."""
+    missing = []
+    for name in virtual_source_files(f):
+        source = path.parent / name
+        try:
+            with h5py.File(source, "r") as src:
+                src["features"]  # opening the dataset is the check
+        except (OSError, KeyError):
+            missing.append(source)
+    return missing
+
+
+def lost_sources_message(path: Path, missing: Sequence[Path]) -> str:
+    return (
+        f"{path} is a merged cache whose rows live in shard files, and {len(missing)} of them "
+        f"cannot be read (first: {missing[0]}); its features would read back as NaN. Keep the "
+        "cache next to its shards folder, or run extract --engine ray again to re-extract the "
+        "files they held (or delete the cache to rebuild it)"
+    )
 
 
 def _from_attr(value: Any) -> Any:

@@ -43,8 +43,10 @@ from extractor.cache import (
     _set_attrs,
     _strings,
     _write_strings,
+    lost_sources_message,
     write_rows,
 )
+from extractor.cache import missing_sources as cache_missing_sources
 from extractor.spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
@@ -225,31 +227,14 @@ def is_virtual(cache_path: Path) -> bool:
 def missing_sources(cache_path: Path) -> list[Path]:
     """Shard files a merged cache maps rows onto that cannot be opened (empty: all there)."""
     with h5py.File(cache_path, "r") as f:
-        ds = f["features"]
-        if not ds.is_virtual:
-            return []
-        names = sorted({m.file_name for m in ds.virtual_sources()})
-    missing = []
-    for name in names:
-        path = cache_path.parent / name
-        try:
-            with h5py.File(path, "r") as src:
-                src["features"]  # opening the dataset is the check
-        except (OSError, KeyError):
-            missing.append(path)
-    return missing
+        return cache_missing_sources(f, cache_path)
 
 
 def check_sources(cache_path: Path) -> None:
     """Raise `ShardError` when a merged cache's shards are not all readable."""
     missing = missing_sources(cache_path)
     if missing:
-        raise ShardError(
-            f"{cache_path} is a merged cache whose rows live in shard files, and "
-            f"{len(missing)} of them cannot be read (first: {missing[0]}); its features would "
-            "read back as NaN. Keep the cache next to its shards folder, or run extract again "
-            "to re-extract the files they held"
-        )
+        raise ShardError(lost_sources_message(cache_path, missing))
 
 
 def make_self_contained(cache_path: Path) -> None:

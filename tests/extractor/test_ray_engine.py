@@ -201,3 +201,50 @@ def test_ray_engine_equals_local_engine_and_resumes(
         rf, lf = r.read()[0], lo.read()[0]
         assert not np.isnan(rf).any()
         np.testing.assert_allclose(rf, lf, rtol=1e-5, atol=1e-4)
+
+
+def test_every_reader_refuses_a_merged_cache_with_a_lost_shard(tmp_path: Path) -> None:
+    """Issue 11, item 9: a lost shard reads back as NaN; only `predict` checked. Now opening the
+    cache refuses it, so the local extract, train-head and evaluate cannot use NaN rows."""
+    from fakes import fake_features, make_folder, opts
+    from imagegen import gradient
+    from PIL import Image
+
+    from extractor import CacheError
+    from extractor.runner import run
+
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    plain = tmp_path / "plain.h5"
+    run(opts(folder, plain), features_fn=fake_features)
+    out = tmp_path / "merged.h5"
+    with open_cache(plain) as c:
+        spec, paths, shas, feats = c.spec, c.paths, c.sha256, c.read()[0]
+        labels = dict(zip(paths, c.labels.tolist(), strict=True))
+        attrs = {k: v for k, v in c.attrs.items()
+                 if k in ("weights_source", "weights_file", "keras_version", "source_dir")}
+    sdir = sh.shards_dir(out)
+    first = sh.write_shard(sdir, spec, paths[:3], shas[:3], feats[:3], [])
+    sh.write_shard(sdir, spec, paths[3:], shas[3:], feats[3:], [])
+    sh.merge(out, sh.load_shards(sdir, spec), labels, ["cat", "dog"], spec, attrs)
+    with open_cache(out) as c:
+        np.testing.assert_array_equal(c.read()[0], feats)  # complete: reads like the plain one
+
+    first.unlink()
+    with pytest.raises(CacheError, match="cannot be read"):
+        open_cache(out)
+
+    # The local engine over it, with a new file to fold in: refused, never NaN rows copied.
+    Image.fromarray(gradient(70, 70, seed=77)).save(folder / "cat" / "new.png")
+    before = out.read_bytes()
+    with pytest.raises(CacheError, match=str(first.name)):
+        run(opts(folder, out), features_fn=fake_features)
+    assert out.read_bytes() == before
+
+    from classifier.evaluation import evaluate
+    from classifier.training import train
+
+    head = train(plain, tmp_path / "head", val_cache=plain)
+    with pytest.raises(CacheError, match="cannot be read"):
+        train(out, tmp_path / "head2", val_cache=plain)
+    with pytest.raises(CacheError, match="cannot be read"):
+        evaluate(head, out)
