@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from extractor.atomic import atomic_h5
 from extractor.features import pool as pool_maps
 from extractor.spec import FeatureSpec, parse_feature_name
+from extractor.walk import UNKNOWN, FileStat
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,14 @@ class FeatureCache:
         if "view" not in self._file:
             return np.zeros(len(self), dtype=np.int16)
         return np.asarray(self._file["view"][:], dtype=np.int16)
+
+    @property
+    def file_stats(self) -> list[FileStat] | None:
+        """Size and mtime (ns) of each row's file when it was read; None in caches made before
+        they were recorded. mtime -1: unknown (modified just before it was read)."""
+        if "file_size" not in self._file:
+            return None
+        return _read_stats(self._file, "", len(self))
 
     @property
     def n_images(self) -> int:
@@ -348,6 +357,22 @@ def _write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
     group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
 
 
+def _write_stats(group: h5py.Group, prefix: str, stats: Sequence[FileStat]) -> None:
+    """`<prefix>file_size` and `<prefix>file_mtime_ns`, (N,) int64: see `extractor.walk`."""
+    arr = np.array([tuple(st) for st in stats], dtype=np.int64).reshape(len(stats), 2)
+    group.create_dataset(f"{prefix}file_size", data=arr[:, 0])
+    group.create_dataset(f"{prefix}file_mtime_ns", data=arr[:, 1])
+
+
+def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
+    """Recorded file stats, or unknown ones for files written before they were recorded."""
+    if f"{prefix}file_size" not in group:
+        return [UNKNOWN] * n
+    sizes = group[f"{prefix}file_size"][:].tolist()
+    mtimes = group[f"{prefix}file_mtime_ns"][:].tolist()
+    return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
+
+
 def _set_attrs(
     f: h5py.File, spec: FeatureSpec, class_names: Sequence[str], extra: Mapping[str, Any]
 ) -> None:
@@ -374,6 +399,7 @@ def write_cache(
     skipped: Sequence[tuple[str, str]] = (),
     extra_attrs: Mapping[str, Any] | None = None,
     views: Sequence[int] | NDArray[np.integer] | None = None,
+    file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
     """Write a complete cache from in-memory arrays (small sets, tests, synthetic data)."""
     path = Path(path)
@@ -385,7 +411,8 @@ def write_cache(
         )
     with atomic_h5(path) as f:
         _set_attrs(f, spec, class_names, extra_attrs or {})
-        write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped)
+        write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped,
+                   file_stats)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
         f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
                                                  dtype=np.int16).reshape(n))
@@ -399,14 +426,16 @@ def write_rows(
     paths: Sequence[str],
     sha256: Sequence[str],
     skipped: Sequence[tuple[str, str]],
+    file_stats: Sequence[FileStat] | None = None,
 ) -> None:
-    """The datasets every cache-like file has: features, paths, sha256 and /skipped."""
+    """The datasets every cache-like file has: features, paths, sha256, file stats, /skipped."""
     n = len(paths)
     _create_datasets(f, n, spec.feature_shape)
     if n:
         f["features"][:] = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
     _write_strings(f, "paths", paths)
     _write_strings(f, "sha256", sha256)
+    _write_stats(f, "", file_stats if file_stats is not None else [UNKNOWN] * n)
     grp = f.create_group("skipped")
     _write_strings(grp, "paths", [p for p, _ in skipped])
     _write_strings(grp, "reasons", [r for _, r in skipped])
@@ -421,14 +450,27 @@ class Checkpoint:
     sha256: list[str] = dataclasses.field(default_factory=list)
     views: list[int] = dataclasses.field(default_factory=list)
     features: list[NDArray[np.float32]] = dataclasses.field(default_factory=list)
+    #: The file's size and mtime when it was read (per row, like paths).
+    stats: list[FileStat] = dataclasses.field(default_factory=list)
     #: Files whose bytes equal a file already extracted: they share its features (every view).
     dup_paths: list[str] = dataclasses.field(default_factory=list)
     dup_sha256: list[str] = dataclasses.field(default_factory=list)
+    dup_stats: list[FileStat] = dataclasses.field(default_factory=list)
     skip_paths: list[str] = dataclasses.field(default_factory=list)
     skip_reasons: list[str] = dataclasses.field(default_factory=list)
+    skip_stats: list[FileStat] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths) + len(self.dup_paths) + len(self.skip_paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """The latest a run's checkpoints say about one file."""
+
+    kind: str  # "row" (extracted), "dup" (shares a row's features) or "skip" (unusable)
+    sha256: str  # empty for skips
+    stat: FileStat
 
 
 class Staging:
@@ -462,20 +504,25 @@ class Staging:
                     f"directory to discard it"
                 )
 
-    def contents(self) -> tuple[set[str], dict[str, str], set[str]]:
-        """What the checkpoints hold: paths given features (extracted or duplicates), files
-        recorded as skipped (path -> reason), and the SHA-256 of every extracted image."""
-        rows: set[str] = set()
-        skips: dict[str, str] = {}
+    def contents(self) -> tuple[dict[str, Staged], set[str]]:
+        """What the checkpoints hold: per file the latest entry (a later checkpoint replaces
+        an earlier one's), and the SHA-256 of every extracted image."""
+        staged: dict[str, Staged] = {}
         shas: set[str] = set()
         for part in self.parts():
             with h5py.File(part, "r") as f:
-                rows.update(_strings(f["paths"]))
-                rows.update(_strings(f["dup_paths"]))
-                shas.update(_strings(f["sha256"]))
-                skips.update(zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]),
-                                 strict=True))
-        return rows, skips, shas
+                paths, sha = _strings(f["paths"]), _strings(f["sha256"])
+                shas.update(sha)
+                for p, s, st in zip(paths, sha, _read_stats(f, "", len(paths)), strict=True):
+                    staged[p] = Staged("row", s, st)
+                dups = _strings(f["dup_paths"])
+                for p, s, st in zip(dups, _strings(f["dup_sha256"]),
+                                    _read_stats(f, "dup_", len(dups)), strict=True):
+                    staged[p] = Staged("dup", s, st)
+                skips = _strings(f["skip_paths"])
+                for p, st in zip(skips, _read_stats(f, "skip_", len(skips)), strict=True):
+                    staged[p] = Staged("skip", "", st)
+        return staged, shas
 
     def write(self, cp: Checkpoint) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -496,6 +543,9 @@ class Staging:
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
             f.create_dataset("view", data=np.asarray(cp.views, dtype=np.int16))
+            _write_stats(f, "", cp.stats)
+            _write_stats(f, "dup_", cp.dup_stats)
+            _write_stats(f, "skip_", cp.skip_stats)
         return path
 
     def clear(self) -> None:
@@ -520,6 +570,17 @@ class _Row:
     index: int  # row in that source's features
 
 
+@dataclasses.dataclass
+class _Entry:
+    """The latest word on one file among the sources: its rows, a duplicate, or a skip."""
+
+    kind: str  # "row", "dup" or "skip"
+    sha256: str = ""
+    stat: FileStat = UNKNOWN
+    reason: str = ""
+    views: dict[int, _Row] = dataclasses.field(default_factory=dict)
+
+
 def _views(f: h5py.File) -> NDArray[np.int16]:
     n = f["features"].shape[0]
     return np.asarray(f["view"][:], np.int16) if "view" in f else np.zeros(n, np.int16)
@@ -531,29 +592,33 @@ def consolidate(
     labels: Mapping[str, int],
     class_names: Sequence[str],
     extra_attrs: Mapping[str, Any],
+    verified: Mapping[str, FileStat] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Fold the previous cache and the checkpoints into a new cache file, atomically.
 
     `labels` maps every path that belongs in the cache (the folder as scanned now) to its label;
-    rows for files no longer in the folder are dropped. Returns (images, skipped files); with
-    augmented views an image has several rows.
+    rows for files no longer in the folder are dropped. For each file the latest source wins
+    (the cache, then the checkpoints in order), whether it gives rows, a duplicate or a skip.
+    `verified` gives fresh stats of files checked unchanged since they were recorded. Returns
+    (images, skipped files); with augmented views an image has several rows.
     """
     sources: list[h5py.File] = []
-    rows: dict[tuple[str, int], _Row] = {}
+    entries: dict[str, _Entry] = {}
     by_sha: dict[tuple[str, int], _Row] = {}
-    dups: list[tuple[str, str]] = []
-    skipped: dict[str, str] = {}
 
     def add_rows(f: h5py.File) -> None:
         sources.append(f)
         src = len(sources) - 1
         paths, shas, views = _strings(f["paths"]), _strings(f["sha256"]), _views(f)
+        stats = _read_stats(f, "", len(paths))
+        fresh: dict[str, _Entry] = {}
         for i, (p, s, v) in enumerate(zip(paths, shas, views.tolist(), strict=True)):
             row = _Row(p, s, v, src, i)
-            rows[(p, v)] = row
+            fresh.setdefault(p, _Entry("row", s, stats[i])).views[v] = row
             # Features are found by content, also those of a row a newer one replaces: after
             # `mv a b` and a new `a`, b's features are the old a's row (issue 11, item 6).
             by_sha.setdefault((s, v), row)
+        entries.update(fresh)
 
     try:
         if cache_path.exists():
@@ -561,23 +626,34 @@ def consolidate(
         for part in staging.parts():
             f = h5py.File(part, "r")
             add_rows(f)
-            dups.extend(zip(_strings(f["dup_paths"]), _strings(f["dup_sha256"]), strict=True))
-            skipped.update(
-                zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]), strict=True)
-            )
-        for p, s in dups:
-            for v in range(staging.augment.views + 1):
-                if (s, v) not in by_sha:
-                    raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
-                                     f"whose features are missing; delete that directory and "
-                                     f"rerun")
-                src_row = by_sha[(s, v)]
-                rows[(p, v)] = _Row(p, s, v, src_row.source, src_row.index)
-        for key in [k for k in rows if k[0] in skipped]:
-            del rows[key]
+            dups = _strings(f["dup_paths"])
+            for p, s, st in zip(dups, _strings(f["dup_sha256"]), _read_stats(f, "dup_", len(dups)),
+                                strict=True):
+                entries[p] = _Entry("dup", s, st)
+            skips = _strings(f["skip_paths"])
+            for p, r, st in zip(skips, _strings(f["skip_reasons"]),
+                                _read_stats(f, "skip_", len(skips)), strict=True):
+                entries[p] = _Entry("skip", stat=st, reason=r)
 
-        keep = sorted(k for k in rows if k[0] in labels)
-        dropped = len({k[0] for k in rows}) - len({k[0] for k in keep})
+        keep: list[tuple[str, _Row, FileStat]] = []
+        skip_keep: list[tuple[str, str]] = []
+        for p in sorted(labels):
+            entry = entries.get(p)
+            if entry is None:
+                continue
+            if entry.kind == "skip":
+                skip_keep.append((p, entry.reason))
+                continue
+            if entry.kind == "dup":
+                for v in range(staging.augment.views + 1):
+                    if (entry.sha256, v) not in by_sha:
+                        raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
+                                         f"whose features are missing; delete that directory "
+                                         f"and rerun")
+                    entry.views[v] = by_sha[(entry.sha256, v)]
+            stat = (verified or {}).get(p, entry.stat)
+            keep.extend((p, entry.views[v], stat) for v in sorted(entry.views))
+        dropped = sum(1 for p, e in entries.items() if e.kind != "skip" and p not in labels)
         if dropped:
             logger.info("dropping the rows of %d files that are gone from the folder", dropped)
         spec = staging.spec
@@ -585,20 +661,20 @@ def consolidate(
             _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
             n = len(keep)
             _create_datasets(out, n, spec.feature_shape)
-            _copy_features(out["features"], [rows[k] for k in keep], sources)
-            out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
-            _write_strings(out, "paths", [p for p, _ in keep])
-            _write_strings(out, "sha256", [rows[k].sha256 for k in keep])
-            out.create_dataset("view", data=np.array([v for _, v in keep], np.int16))
+            _copy_features(out["features"], [row for _, row, _ in keep], sources)
+            out.create_dataset("labels", data=np.array([labels[p] for p, _, _ in keep], np.int32))
+            _write_strings(out, "paths", [p for p, _, _ in keep])
+            _write_strings(out, "sha256", [row.sha256 for _, row, _ in keep])
+            out.create_dataset("view", data=np.array([row.view for _, row, _ in keep], np.int16))
+            _write_stats(out, "", [st for _, _, st in keep])
             grp = out.create_group("skipped")
-            skip_keep = sorted(p for p in skipped if p in labels)
-            _write_strings(grp, "paths", skip_keep)
-            _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
+            _write_strings(grp, "paths", [p for p, _ in skip_keep])
+            _write_strings(grp, "reasons", [r for _, r in skip_keep])
     finally:
         for f in sources:
             f.close()
     staging.clear()
-    return len({p for p, _ in keep}), [(p, skipped[p]) for p in skip_keep]
+    return len({p for p, _, _ in keep}), skip_keep
 
 
 def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:

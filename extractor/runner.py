@@ -35,7 +35,7 @@ from extractor.cache import (
 from extractor.features import Features
 from extractor.images import ImageError, decode_image
 from extractor.spec import FeatureSpec
-from extractor.walk import Listing, scan
+from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
 from extractor.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Summary:
     duplicates: int = 0  # files whose bytes matched an image already extracted
     already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
     removed: int = 0  # rows dropped because their files left the folder
-    #: Cached files whose bytes changed since the cache was written: extracted again.
+    #: Cached (or checkpointed) files whose bytes changed since they were read: extracted again.
     changed: set[str] = dataclasses.field(default_factory=set)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0  # whole run, model loading included
@@ -110,6 +110,8 @@ class LoadedFile:
     error: str | None
     #: Augmented views 1..K of `pixels` (empty without --augment).
     views: list[NDArray[np.uint8]] = dataclasses.field(default_factory=list)
+    #: Size and mtime of the file as read (recorded, to notice later changes).
+    stat: FileStat = UNKNOWN
 
     @property
     def rows(self) -> list[NDArray[np.uint8]]:
@@ -134,11 +136,18 @@ def load_file(
     root: Path, rel: str, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
 ) -> LoadedFile:
     """Read one file and `decode_bytes` it; an unreadable file is recorded, not raised."""
+    read_at = time.time_ns()
     try:
-        data = (root / rel).read_bytes()
+        with open(root / rel, "rb") as fh:
+            data = fh.read()
+            # After the read: a file modified while it was read gets an mtime past `read_at`,
+            # recorded as unknown, so the next run checks it again.
+            st = os.fstat(fh.fileno())
     except OSError as exc:
         return LoadedFile(rel, "", None, f"unreadable file: {exc.strerror or exc}")
-    return decode_bytes(rel, data, size, augment, seed, mode)
+    loaded = decode_bytes(rel, data, size, augment, seed, mode)
+    loaded.stat = identity(st, read_at)
+    return loaded
 
 
 def _check_output(out: Path) -> None:
@@ -223,20 +232,41 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    previous: dict[str, str] = {}  # path -> sha256 of the files the cache holds
+    previous: dict[str, tuple[str, FileStat]] = {}  # path -> (sha256, stat) of cached files
     previous_skipped: set[str] = set()
     previous_classes: list[str] | None = None
+    since: int | None = None  # caches without recorded stats: the old watermark, their mtime
     if opts.out.exists():
         with open_cache(opts.out) as cache:
-            previous = dict(zip(cache.paths, cache.sha256, strict=True))
+            stats = cache.file_stats
+            if stats is None:
+                since = opts.out.stat().st_mtime_ns
+                stats = [UNKNOWN] * len(cache)
+            previous = dict(zip(cache.paths, zip(cache.sha256, stats, strict=True), strict=True))
             previous_skipped = {p for p, _ in cache.skipped}
             previous_classes = cache.class_names
     staging = Staging(opts.out, spec, opts.augmentation)
-    staged_rows, staged_skips, part_shas = staging.contents()
-    done = staged_rows | set(staged_skips)
-    summary.changed = _changed_since(opts.out, listing, previous) if previous else set()
-    todo = [p for p in listing.labels
-            if (p not in previous or p in summary.changed) and p not in done]
+    staged, part_shas = staging.contents()
+    todo: list[str] = []
+    verified: dict[str, FileStat] = {}
+    for path in listing.labels:
+        entry = staged.get(path)
+        recorded: tuple[str | None, FileStat, int | None]
+        if entry is not None:
+            recorded = (entry.sha256 or None, entry.stat, None)
+        elif path in previous:
+            recorded = (*previous[path], since)
+        else:
+            todo.append(path)
+            continue
+        same, fresh = _unchanged(listing.root / path, *recorded)
+        if same:
+            if fresh is not None:
+                verified[path] = fresh
+            continue
+        todo.append(path)
+        if entry is None or entry.kind != "skip":
+            summary.changed.add(path)
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
     summary.removed = sum(1 for p in previous if p not in listing.labels)
@@ -249,24 +279,24 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
             # A conv base handed in by the caller says which runtime really makes the features.
             staging.spec = dataclasses.replace(staging.spec, runtime=made_by)
             summary.runtime = made_by
-        seen = set(previous.values()) | part_shas
+        seen = {sha for sha, _ in previous.values()} | part_shas
         t_loop = time.perf_counter()
         try:
             _extract(opts, listing, todo, seen, staging, features_fn, summary)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
-    staged_rows, staged_skips, _ = staging.contents()
+    staged, _ = staging.contents()
     changed = (
-        bool(staged_rows)
-        or set(staged_skips) != previous_skipped
+        any(e.kind != "skip" for e in staged.values())
+        or {p for p, e in staged.items() if e.kind == "skip"} != previous_skipped
         or summary.removed > 0
         or previous_classes != listing.class_names
     )
     if changed:
         summary.total, summary.skipped = consolidate(
             opts.out, staging, listing.labels, listing.class_names,
-            _extra_attrs(opts, weights_path),
+            _extra_attrs(opts, weights_path), verified,
         )
     else:
         # Nothing new: files that failed before failed again; keep the cache file as it is.
@@ -277,27 +307,32 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     return summary
 
 
-def _changed_since(out: Path, listing: Listing, previous: dict[str, str]) -> set[str]:
-    """Cached files modified after the cache file was written and whose bytes now differ.
+def _unchanged(
+    file: Path, sha256: str | None, recorded: FileStat, since_ns: int | None
+) -> tuple[bool, FileStat | None]:
+    """Whether `file` still holds what was recorded of it, and its stat to record when checked.
 
-    Only files with a newer modification time are read and hashed, so a re-run over an
-    unchanged folder reads no image. (A file replaced by one carrying an older timestamp, as
-    `cp -p` or `rsync -t` may leave it, is not noticed: delete the cache to rebuild.)
+    Same size and mtime as recorded: unchanged, without reading it. Otherwise (or when the
+    recorded mtime is unknown) its bytes are hashed and compared. `sha256` None: a file recorded
+    as unusable, tried again whenever it looks changed. `since_ns`: a cache made before stats
+    were recorded trusts files older than itself, as it always did.
     """
-    since = out.stat().st_mtime_ns
-    changed: set[str] = set()
-    for path, sha in previous.items():
-        if path not in listing.labels:
-            continue
-        file = listing.root / path
-        try:
-            if file.stat().st_mtime_ns < since:
-                continue
-            if hashlib.sha256(file.read_bytes()).hexdigest() != sha:
-                changed.add(path)
-        except OSError:
-            changed.add(path)  # unreadable now: extract it again, which records why
-    return changed
+    checked_at = time.time_ns()
+    try:
+        st = file.stat()
+    except OSError:
+        return False, None  # unreadable now: extract it again, which records why
+    if recorded.matches(st):
+        return True, None
+    if since_ns is not None and st.st_mtime_ns < since_ns:
+        return True, identity(st, checked_at)
+    if sha256 is None:
+        return False, None
+    try:
+        same = hashlib.sha256(file.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False, None
+    return (True, identity(st, checked_at)) if same else (False, None)
 
 
 def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
@@ -330,7 +365,8 @@ def _extract(
     pending: list[LoadedFile] = []  # decoded, waiting for a full batch
     pending_rows = 0  # images and their views in `pending`
     pending_shas: set[str] = set()
-    pending_dups: list[tuple[str, str]] = []  # duplicates of images still in `pending`
+    # Duplicates of images still in `pending`: (path, sha256, stat).
+    pending_dups: list[tuple[str, str, FileStat]] = []
     last_flush = time.monotonic()
     window = max(opts.batch_size * 4, opts.workers * 4)
 
@@ -345,12 +381,14 @@ def _extract(
                 cp.paths.append(item.path)
                 cp.sha256.append(item.sha256)
                 cp.views.append(view)
+                cp.stats.append(item.stat)
                 cp.features.append(next(feats))
         summary.extracted += len(pending)
         pending_rows = 0
-        for path, sha in pending_dups:
+        for path, sha, stat in pending_dups:
             cp.dup_paths.append(path)
             cp.dup_sha256.append(sha)
+            cp.dup_stats.append(stat)
         pending.clear()
         pending_shas.clear()
         pending_dups.clear()
@@ -382,12 +420,14 @@ def _extract(
             if item.error is not None:
                 cp.skip_paths.append(item.path)
                 cp.skip_reasons.append(item.error)
+                cp.skip_stats.append(item.stat)
             elif item.sha256 in pending_shas:
-                pending_dups.append((item.path, item.sha256))
+                pending_dups.append((item.path, item.sha256, item.stat))
                 summary.duplicates += 1
             elif item.sha256 in seen:
                 cp.dup_paths.append(item.path)
                 cp.dup_sha256.append(item.sha256)
+                cp.dup_stats.append(item.stat)
                 summary.duplicates += 1
             else:
                 pending.append(item)

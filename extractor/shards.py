@@ -5,6 +5,7 @@ user names). A shard has the cache's layout without `labels`:
 
     /features         (K, H, W, C) float32, gzip level 1, the row of each path below
     /paths, /sha256   (K,) the files the rows belong to (relative to the extracted folder)
+    /file_size, /file_mtime_ns  (K,) each file's size and mtime when read (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
     attributes        format = featcache-shard/1 and the feature spec
@@ -40,14 +41,17 @@ from extractor.cache import (
     _chunk_rows,
     _create_datasets,
     _from_attr,
+    _read_stats,
     _set_attrs,
     _strings,
+    _write_stats,
     _write_strings,
     lost_sources_message,
     write_rows,
 )
 from extractor.cache import missing_sources as cache_missing_sources
 from extractor.spec import FeatureSpec
+from extractor.walk import UNKNOWN, FileStat
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ def write_shard(
     sha256: Sequence[str],
     features: NDArray[np.float32],
     skipped: Sequence[tuple[str, str]],
+    file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
     """Write one shard atomically (temporary name, then rename) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,7 @@ def write_shard(
         for key, value in spec.to_dict().items():
             f.attrs[key] = value
         f.attrs["format"] = SHARD_FORMAT
-        write_rows(f, spec, features, paths, sha256, skipped)
+        write_rows(f, spec, features, paths, sha256, skipped, file_stats)
     return path
 
 
@@ -95,6 +100,8 @@ class Shard:
     sha256: list[str]
     skipped: dict[str, str]
     mtime: float
+    #: Each row's file size and mtime when read; None for shards made before they were kept.
+    stats: list[FileStat] | None = None
 
 
 def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
@@ -122,7 +129,8 @@ def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
                                  " delete it or use another shards folder")
         skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
                            strict=True))
-    return Shard(path, paths, sha, skipped, path.stat().st_mtime)
+        stats = _read_stats(f, "", len(paths)) if "file_size" in f else None
+    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats)
 
 
 def list_shards(directory: Path) -> list[Path]:
@@ -157,6 +165,7 @@ class _Row:
     sha256: str
     shard: int
     index: int
+    stat: FileStat = UNKNOWN
 
 
 def merge(
@@ -175,8 +184,9 @@ def merge(
     rows: dict[str, _Row] = {}
     skipped: dict[str, str] = {}
     for k, shard in enumerate(shards):
+        stats = shard.stats or [UNKNOWN] * len(shard.paths)
         for i, (p, s) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
-            rows[p] = _Row(s, k, i)
+            rows[p] = _Row(s, k, i, stats[i])
         skipped.update(shard.skipped)
     keep = sorted(p for p in rows if p in labels)
     skip_keep = sorted(p for p in skipped if p in labels and p not in rows)
@@ -200,6 +210,7 @@ def merge(
         out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
         _write_strings(out, "paths", keep)
         _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
+        _write_stats(out, "", [rows[p].stat for p in keep])
         grp = out.create_group("skipped")
         _write_strings(grp, "paths", skip_keep)
         _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
@@ -249,8 +260,9 @@ def make_self_contained(cache_path: Path) -> None:
         step = max(1024, _chunk_rows(shape))
         for start in range(0, n, step):
             out["features"][start : start + step] = feats[start : start + step]
-        for name in ("labels", "paths", "sha256", "skipped"):
-            src.copy(src[name], out, name)
+        for name in ("labels", "paths", "sha256", "file_size", "file_mtime_ns", "skipped"):
+            if name in src:
+                src.copy(src[name], out, name)
 
 
 def remove_shards(directory: Path) -> None:

@@ -351,3 +351,56 @@ def test_cli_refuses_an_output_another_run_holds(
     err = capsys.readouterr().err
     assert rc == 1 and "another extract" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_files_changed_after_a_checkpoint_are_extracted_again(tmp_path: Path) -> None:
+    """Issue 11, item 8: rows (and skips) already in checkpoints were trusted without checking
+    whether their files changed since; a resumed run now re-extracts the changed ones."""
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    (folder / "cat" / "bad.png").write_bytes(b"not an image yet")
+    out = tmp_path / "f.h5"
+    calls = 0
+
+    def dies_on_third_batch(pixels: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return fake_features(pixels)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(opts(folder, out, batch_size=1, checkpoint_every=1), features_fn=dies_on_third_batch)
+    # Checkpointed: cat/bad.png (skipped), cat/cat000.png, cat/cat001.png. Now both change.
+    Image.fromarray(np.full((60, 80, 3), 9, np.uint8)).save(folder / "cat" / "cat000.png")
+    Image.fromarray(np.full((60, 80, 3), 33, np.uint8)).save(folder / "cat" / "bad.png")
+
+    summary = run(opts(folder, out), features_fn=fake_features)
+    assert summary.total == 7 and summary.skipped == []
+    with open_cache(out) as cache:
+        x = dict(zip(cache.paths, cache.read()[0][:, 0, 0, 0].tolist(), strict=True))
+    assert x["cat/cat000.png"] == pytest.approx(9.0, abs=0.01)
+    assert x["cat/bad.png"] == pytest.approx(33.0, abs=0.01)
+
+
+def test_a_file_edited_during_the_run_is_noticed_by_the_next(tmp_path: Path) -> None:
+    """Issue 11, item 8: the watermark was the cache's own mtime, set when the run ends, so a
+    file edited after it was read, before the run ended, looked older than the cache."""
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    out = tmp_path / "f.h5"
+    edited = folder / "cat" / "cat000.png"
+    calls = 0
+
+    def edits_the_first_file(pixels: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # cat000 was read and went through the model in the first batch
+            Image.fromarray(np.full((60, 80, 3), 11, np.uint8)).save(edited)
+        return fake_features(pixels)
+
+    run(opts(folder, out, batch_size=1), features_fn=edits_the_first_file)
+    counter = CountingFeatures()
+    summary = run(opts(folder, out), features_fn=counter)
+    assert summary.changed == {"cat/cat000.png"} and counter.images == 1
+    with open_cache(out) as cache:
+        x = dict(zip(cache.paths, cache.read()[0][:, 0, 0, 0].tolist(), strict=True))
+    assert x["cat/cat000.png"] == pytest.approx(11.0, abs=0.01)
