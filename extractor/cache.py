@@ -37,7 +37,9 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
 from extractor.atomic import atomic_h5
+from extractor.features import Features
 from extractor.features import pool as pool_maps
 from extractor.spec import FeatureSpec, parse_feature_name
 from extractor.walk import UNKNOWN, FileStat
@@ -51,6 +53,11 @@ PART_FORMAT = "featcache-part/1"
 #: 8.3x smaller, and faster to write and read than higher levels or shuffle. README, "Cache size".
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1
+#: Pooled vectors are dense (an average is rarely 0): POOLED_FILTERS measured best on them
+#: (README, "Cache size").
+POOLED_COMPRESSION = "gzip"
+POOLED_COMPRESSION_LEVEL = 1
+POOLED_SHUFFLE = True
 CHUNK_BYTES = 1 << 20
 _STR = h5py.string_dtype("utf-8")
 
@@ -196,12 +203,12 @@ class FeatureCache:
 
     def _named_source(self, name: str) -> tuple[h5py.Dataset, str | None]:
         """The dataset a named feature is read from, and the pooling to apply to it (if any)."""
-        stored = f"pooled/{name}"
-        if stored in self._file:
-            return self._file[stored], None
         spec = self.spec
         if name == spec.layer:
             return self.features, None
+        stored = self._file.get(f"pooled/{name}")
+        if isinstance(stored, h5py.Dataset):  # (pooled/<layer> alone is a group)
+            return stored, None
         layer, how = parse_feature_name(name)
         if layer == spec.layer and how is not None:
             return self.features, how  # a cache without stored pooled vectors: pool the maps
@@ -342,15 +349,55 @@ def _chunk_rows(feature_shape: Sequence[int]) -> int:
     return max(1, CHUNK_BYTES // row_bytes)
 
 
-def _create_datasets(f: h5py.File, n: int, feature_shape: Sequence[int]) -> None:
-    f.create_dataset(
-        "features",
-        shape=(n, *feature_shape),
+def dataset_name(spec: FeatureSpec, name: str) -> str:
+    """Where a named feature lives in a cache (or checkpoint, or shard): the main layer's maps
+    in `features`, pooled vectors in `pooled/<layer>/<avg|max>`."""
+    return "features" if name == spec.layer else f"pooled/{name}"
+
+
+def feature_datasets(spec: FeatureSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every feature a file made with `spec` stores: name -> (dataset, shape of one row)."""
+    return {name: (dataset_name(spec, name), shape)
+            for name, shape in named.shapes(spec).items()}
+
+
+def _create_dataset(f: h5py.Group, path: str, n: int, row_shape: Sequence[int]) -> h5py.Dataset:
+    pooled = path != "features"
+    return f.create_dataset(
+        path,
+        shape=(n, *row_shape),
         dtype=np.float32,
-        chunks=(max(1, min(n, _chunk_rows(feature_shape))), *feature_shape) if n else None,
-        compression=COMPRESSION if n else None,
-        compression_opts=COMPRESSION_LEVEL if n else None,
+        chunks=(max(1, min(n, _chunk_rows(row_shape))), *row_shape) if n else None,
+        compression=(POOLED_COMPRESSION if pooled else COMPRESSION) if n else None,
+        compression_opts=(POOLED_COMPRESSION_LEVEL if pooled else COMPRESSION_LEVEL) if n
+        else None,
+        shuffle=bool(n and pooled and POOLED_SHUFFLE),
     )
+
+
+def _create_datasets(f: h5py.File, n: int, spec: FeatureSpec) -> None:
+    for path, shape in feature_datasets(spec).values():
+        _create_dataset(f, path, n, shape)
+
+
+def as_features(
+    features: Features | NDArray[np.float32], spec: FeatureSpec, n: int
+) -> Features:
+    """Named features of `n` rows for `spec`: a dict as the conv base gives it, or an array
+    taken as the main maps (older callers); the main layer's poolings are derived from the
+    maps when missing. Raises ValueError when a feature is missing or has the wrong shape."""
+    given: Mapping[str, NDArray[np.float32]] = (
+        features if isinstance(features, Mapping) else {spec.layer: features})
+    try:
+        out = named.select(given, spec.stored_names(), spec.layer)
+    except KeyError as exc:
+        raise ValueError(f"features for {spec.stored_names()} are needed; {exc.args[0]}") from None
+    for name, shape in named.shapes(spec).items():
+        arr = np.asarray(out[name], dtype=np.float32)
+        if arr.shape != (n, *shape):
+            raise ValueError(f"feature {name!r} must have shape {(n, *shape)}; got {arr.shape}")
+        out[name] = arr
+    return out
 
 
 def _write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
@@ -373,6 +420,12 @@ def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
     return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
 
 
+def write_spec(attrs: h5py.AttributeManager, spec: FeatureSpec) -> None:
+    """The spec's fields as attributes (lists of names as string arrays, even when empty)."""
+    for key, value in spec.to_dict().items():
+        attrs[key] = np.array(value, dtype=_STR) if key == "pooled_layers" else value
+
+
 def _set_attrs(
     f: h5py.File, spec: FeatureSpec, class_names: Sequence[str], extra: Mapping[str, Any]
 ) -> None:
@@ -380,8 +433,7 @@ def _set_attrs(
     f.attrs["class_names"] = np.array(list(class_names), dtype=object) if class_names else (
         np.zeros((0,), dtype=_STR)
     )
-    for key, value in spec.to_dict().items():
-        f.attrs[key] = value
+    write_spec(f.attrs, spec)
     f.attrs["package_version"] = _package_version()
     f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for key, value in extra.items():
@@ -390,7 +442,7 @@ def _set_attrs(
 
 def write_cache(
     path: str | os.PathLike[str],
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     labels: Sequence[int] | NDArray[np.integer],
     paths: Sequence[str],
     spec: FeatureSpec,
@@ -401,14 +453,13 @@ def write_cache(
     views: Sequence[int] | NDArray[np.integer] | None = None,
     file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
-    """Write a complete cache from in-memory arrays (small sets, tests, synthetic data)."""
+    """Write a complete cache from in-memory arrays (small sets, tests, synthetic data).
+
+    `features`: the named features of `spec` ({name: (N, ...) array}), or an array of the main
+    maps alone (the main layer's poolings are then derived from them)."""
     path = Path(path)
     n = len(paths)
-    feats = np.asarray(features, dtype=np.float32)
-    if feats.shape != (n, *spec.feature_shape):
-        raise ValueError(
-            f"features must have shape {(n, *spec.feature_shape)}; got {feats.shape}"
-        )
+    feats = as_features(features, spec, n)
     with atomic_h5(path) as f:
         _set_attrs(f, spec, class_names, extra_attrs or {})
         write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped,
@@ -422,17 +473,20 @@ def write_cache(
 def write_rows(
     f: h5py.File,
     spec: FeatureSpec,
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     paths: Sequence[str],
     sha256: Sequence[str],
     skipped: Sequence[tuple[str, str]],
     file_stats: Sequence[FileStat] | None = None,
 ) -> None:
-    """The datasets every cache-like file has: features, paths, sha256, file stats, /skipped."""
+    """The datasets every cache-like file has: the named features, paths, sha256, file stats
+    and /skipped."""
     n = len(paths)
-    _create_datasets(f, n, spec.feature_shape)
-    if n:
-        f["features"][:] = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
+    feats = as_features(features, spec, n)
+    for name, (path, shape) in feature_datasets(spec).items():
+        ds = _create_dataset(f, path, n, shape)
+        if n:
+            ds[:] = feats[name]
     _write_strings(f, "paths", paths)
     _write_strings(f, "sha256", sha256)
     _write_stats(f, "", file_stats if file_stats is not None else [UNKNOWN] * n)
@@ -449,7 +503,8 @@ class Checkpoint:
     paths: list[str] = dataclasses.field(default_factory=list)
     sha256: list[str] = dataclasses.field(default_factory=list)
     views: list[int] = dataclasses.field(default_factory=list)
-    features: list[NDArray[np.float32]] = dataclasses.field(default_factory=list)
+    #: Named features of each row (`extractor.features`).
+    features: list[Features] = dataclasses.field(default_factory=list)
     #: The file's size and mtime when it was read (per row, like paths).
     stats: list[FileStat] = dataclasses.field(default_factory=list)
     #: Files whose bytes equal a file already extracted: they share its features (every view).
@@ -493,7 +548,10 @@ class Staging:
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
-            diffs = list(self.spec.differences(FeatureSpec.from_dict(attrs)))
+            theirs = FeatureSpec.from_dict(attrs)
+            diffs = list(self.spec.differences(theirs))
+            if theirs.pooled_layers != self.spec.pooled_layers:
+                diffs.append("pooled_layers")
             if AugmentSettings.from_attrs(attrs) != self.augment:
                 diffs.append("augmentation")
             if diffs:
@@ -530,15 +588,14 @@ class Staging:
         seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.dir / f"part-{seq:06d}.h5"
         with atomic_h5(path) as f:
-            for key, value in {**self.spec.to_dict(), **self.augment.to_attrs()}.items():
+            write_spec(f.attrs, self.spec)
+            for key, value in self.augment.to_attrs().items():
                 f.attrs[key] = value
             f.attrs["format"] = PART_FORMAT
-            feats = (
-                np.stack(cp.features)
-                if cp.features
-                else np.zeros((0, *self.spec.feature_shape), np.float32)
-            )
-            f.create_dataset("features", data=feats)
+            for name, (dataset, shape) in feature_datasets(self.spec).items():
+                rows = (np.stack([row[name] for row in cp.features]) if cp.features
+                        else np.zeros((0, *shape), np.float32))
+                f.create_dataset(dataset, data=rows)  # small and short-lived: not compressed
             for name in ("paths", "sha256", "dup_paths", "dup_sha256", "skip_paths",
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
@@ -660,8 +717,9 @@ def consolidate(
         with atomic_h5(cache_path) as out:
             _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
             n = len(keep)
-            _create_datasets(out, n, spec.feature_shape)
-            _copy_features(out["features"], [row for _, row, _ in keep], sources)
+            rows = [row for _, row, _ in keep]
+            for path, shape in feature_datasets(spec).values():
+                _copy_rows(_create_dataset(out, path, n, shape), rows, sources, path)
             out.create_dataset("labels", data=np.array([labels[p] for p, _, _ in keep], np.int32))
             _write_strings(out, "paths", [p for p, _, _ in keep])
             _write_strings(out, "sha256", [row.sha256 for _, row, _ in keep])
@@ -677,7 +735,10 @@ def consolidate(
     return len({p for p, _, _ in keep}), skip_keep
 
 
-def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:
+def _copy_rows(
+    dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File], name: str
+) -> None:
+    """dest[k] = rows[k]'s row of dataset `name` in its source, a few chunks at a time."""
     # 8 chunks (~8 MiB) at a time: enough for fast sequential I/O, small enough that folding a
     # run into the cache adds little to extract's peak memory (BENCHMARKS.md, target 2).
     step = 8 * (dest.chunks[0] if dest.chunks else 1)
@@ -690,6 +751,6 @@ def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File
         for src, ks in by_source.items():
             idx = np.array([block[k].index for k in ks], dtype=np.int64)
             order = np.argsort(idx, kind="stable")
-            data = _read_rows(sources[src]["features"], idx[order])
+            data = _read_rows(sources[src][name], idx[order])
             out[np.array(ks)[order]] = data
         dest[start : start + len(block)] = out

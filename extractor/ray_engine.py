@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
 from extractor import shards as sh
 from extractor.runner import (
     ExtractError,
@@ -78,7 +79,7 @@ class ShardWriter:
 
         self.spec = FeatureSpec.from_dict(spec)
         self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads)
+                             threads=threads, pooled_layers=self.spec.pooled_layers)
         diffs = self.spec.differences(self.conv.spec)
         if diffs:
             raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
@@ -113,12 +114,13 @@ class ShardWriter:
             if it.sha256 not in first and it.pixels is not None:
                 first[it.sha256] = len(unique)
                 unique.append(it.pixels)
-        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))[self.spec.layer]
+        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
                   for i in range(0, len(unique), self.batch_size)]
-        feats = (np.concatenate(chunks) if chunks
-                 else np.zeros((0, *self.spec.feature_shape), np.float32))
+        feats = ({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+                 if chunks else named.empty(self.spec))
         # Files with the same bytes share one forward pass, and each gets its own row.
-        rows = feats[[first[it.sha256] for it in good]] if good else feats
+        index = [first[it.sha256] for it in good]
+        rows = {name: arr[index] for name, arr in feats.items()}
         shard = sh.write_shard(self.out_dir, self.spec, [it.path for it in good],
                                [it.sha256 for it in good], rows,
                                [(p, r) for p, r in skipped if r is not None],
@@ -308,7 +310,6 @@ def _record_vanished(
     if present:
         raise ExtractError(f"{len(present)} file(s) came back from no worker (first: "
                            f"{present[0]}); run the same command again to extract them")
-    empty = np.zeros((0, *spec.feature_shape), np.float32)
-    sh.write_shard(sdir, spec, [], [], empty,
+    sh.write_shard(sdir, spec, [], [], named.empty(spec),
                    [(p, "unreadable file: gone before it was read") for p in lost])
     return True

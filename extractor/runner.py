@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,11 @@ from extractor.cache import (
     AugmentSettings,
     Checkpoint,
     Staging,
+    as_features,
     consolidate,
     open_cache,
 )
-from extractor.features import Features
+from extractor.features import DEFAULT_POOLED_LAYERS, Features
 from extractor.images import ImageError, decode_image
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
@@ -40,13 +41,10 @@ from extractor.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
-#: Pixels -> named features (`extractor.features`); a plain array is taken as the main maps.
-FeatureFn = Callable[[NDArray[np.uint8]], "Features | NDArray[np.float32]"]
-
-
-def main_maps(out: Features | NDArray[np.float32], layer: str) -> NDArray[np.float32]:
-    """The main layer's maps from a feature function's result."""
-    return out[layer] if isinstance(out, Mapping) else out
+#: Pixels -> named features (`extractor.features`): the maps of the spec's layer and the
+#: pooled vectors of its pooled_layers (the main layer's poolings may be left out: they are
+#: derived from its maps).
+FeatureFn = Callable[[NDArray[np.uint8]], Features]
 
 
 class ExtractError(RuntimeError):
@@ -70,6 +68,9 @@ class Options:
     augment: int = 0
     augment_seed: int = 0
     augment_mode: str = "recipe"  # or "dihedral" (extractor.augment)
+    #: Layers whose global average and max pooled vectors are stored beside the maps. None:
+    #: those of the existing cache, or `extractor.features.DEFAULT_POOLED_LAYERS` for a new one.
+    pooled_layers: tuple[str, ...] | None = None
 
     @property
     def augmentation(self) -> AugmentSettings:
@@ -169,18 +170,23 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     if not listing.labels:
         raise ExtractError(f"no files found in {opts.directory}")
     _check_output(opts.out)
-    try:
-        bb.validate(opts.layer, opts.image_size)
-        runtime = bb.resolve_runtime(opts.runtime)
-    except ValueError as exc:
-        raise ExtractError(str(exc)) from None
-    weights_path = resolve_weights(opts.weights)
-    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime)
+    theirs: FeatureSpec | None = None
     if opts.out.exists():
         # Settings only: a merged cache that lost shards is refused where its rows are read.
         with open_cache(opts.out, check_sources=False) as cache:
             theirs = cache.spec
             theirs_augment = cache.augmentation
+    pooled = opts.pooled_layers
+    if pooled is None:
+        pooled = theirs.pooled_layers if theirs is not None else DEFAULT_POOLED_LAYERS
+    try:
+        bb.validate(opts.layer, opts.image_size, tuple(pooled))
+        runtime = bb.resolve_runtime(opts.runtime)
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
+    weights_path = resolve_weights(opts.weights)
+    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime, tuple(pooled))
+    if theirs is not None:
         diffs = spec.differences(theirs)
         if diffs:
             detail = "; ".join(
@@ -189,6 +195,16 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
             raise ExtractError(
                 f"{opts.out} was made with other settings ({detail}). Features made differently "
                 f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
+            )
+        if theirs.pooled_layers != spec.pooled_layers:
+            def show(layers: tuple[str, ...]) -> str:
+                return ",".join(layers) or "none"
+
+            raise ExtractError(
+                f"{opts.out} holds the pooled vectors of other layers (pooled_layers: cache has "
+                f"{show(theirs.pooled_layers)}, this run {show(spec.pooled_layers)}). A cache "
+                f"never mixes them: pass --pooled-layers {show(theirs.pooled_layers)} (or leave "
+                f"it out) to extend it, choose another --out, or delete {opts.out} to rebuild it."
             )
         if theirs_augment != opts.augmentation:
             raise ExtractError(
@@ -273,7 +289,8 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
 
     if todo:
         if features_fn is None:
-            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime)
+            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime,
+                                      pooled_layers=spec.pooled_layers)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
@@ -375,14 +392,20 @@ def _extract(
         if not pending:
             return
         batch = np.stack([px for item in pending for px in item.rows])
-        feats = iter(main_maps(features_fn(batch), staging.spec.layer))
+        try:
+            feats = as_features(features_fn(batch), staging.spec, len(batch))
+        except ValueError as exc:
+            raise ExtractError(f"the conv base does not give the features this cache stores: "
+                               f"{exc}") from None
+        row = 0
         for item in pending:
             for view in range(len(item.rows)):
                 cp.paths.append(item.path)
                 cp.sha256.append(item.sha256)
                 cp.views.append(view)
                 cp.stats.append(item.stat)
-                cp.features.append(next(feats))
+                cp.features.append({name: arr[row] for name, arr in feats.items()})
+                row += 1
         summary.extracted += len(pending)
         pending_rows = 0
         for path, sha, stat in pending_dups:

@@ -4,6 +4,7 @@ A distributed run writes one shard per batch of files into `<cache>.shards/` (or
 user names). A shard has the cache's layout without `labels`:
 
     /features         (K, H, W, C) float32, gzip level 1, the row of each path below
+    /pooled/<layer>/avg|max  (K, C) float32: pooled vectors of the spec's pooled_layers
     /paths, /sha256   (K,) the files the rows belong to (relative to the extracted folder)
     /file_size, /file_mtime_ns  (K,) each file's size and mtime when read (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
@@ -12,9 +13,10 @@ user names). A shard has the cache's layout without `labels`:
 
 A plain cache (`featcache/1`) has the same datasets, so a previous self-contained cache can be
 used as a shard too. `merge` writes the cache file itself: `labels`, `paths`, `sha256` and
-`/skipped` as ordinary datasets, and `features` as a virtual dataset that maps every row, in
-path order, onto a shard. Source file names are stored relative to the cache file's folder, so
-the cache and its shards folder can be moved together, never apart. A missing shard would read
+`/skipped` as ordinary datasets, and `features` and every `pooled/...` dataset as virtual
+datasets that map every row, in path order, onto a shard. Source file names are stored
+relative to the cache file's folder, so the cache and its shards folder can be moved together,
+never apart. A missing shard would read
 back as NaN (the fill value) with no error from HDF5, so every shard is opened and checked
 before the merged file is written, and `missing_sources` checks a merged file before use.
 """
@@ -39,17 +41,20 @@ from extractor.cache import (
     FORMAT,
     CacheError,
     _chunk_rows,
-    _create_datasets,
+    _create_dataset,
     _from_attr,
     _read_stats,
     _set_attrs,
     _strings,
     _write_stats,
     _write_strings,
+    feature_datasets,
     lost_sources_message,
     write_rows,
+    write_spec,
 )
 from extractor.cache import missing_sources as cache_missing_sources
+from extractor.features import Features
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat
 
@@ -78,7 +83,7 @@ def write_shard(
     spec: FeatureSpec,
     paths: Sequence[str],
     sha256: Sequence[str],
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     skipped: Sequence[tuple[str, str]],
     file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
@@ -86,8 +91,7 @@ def write_shard(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / shard_name([*paths, *(p for p, _ in skipped)])
     with atomic_h5(path) as f:
-        for key, value in spec.to_dict().items():
-            f.attrs[key] = value
+        write_spec(f.attrs, spec)
         f.attrs["format"] = SHARD_FORMAT
         write_rows(f, spec, features, paths, sha256, skipped, file_stats)
     return path
@@ -123,7 +127,14 @@ def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
             raise ShardError(f"shard {path} is incomplete: {f['features'].shape[0]} feature rows "
                              f"for {len(paths)} paths")
         if spec is not None:
-            diffs = spec.differences(FeatureSpec.from_dict(attrs))
+            theirs = FeatureSpec.from_dict(attrs)
+            diffs = list(spec.differences(theirs))
+            if theirs.pooled_layers != spec.pooled_layers:
+                diffs.append("pooled_layers")
+            for dataset, _ in feature_datasets(spec).values():
+                if dataset not in f or f[dataset].shape[0] != len(paths):
+                    raise ShardError(f"shard {path} is incomplete: no {len(paths)} rows of "
+                                     f"{dataset}")
             if diffs:
                 raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
                                  " delete it or use another shards folder")
@@ -194,19 +205,21 @@ def merge(
     base = cache_path.parent
     with atomic_h5(cache_path) as out:
         _set_attrs(out, spec, class_names, extra_attrs)
-        if n:
-            layout = h5py.VirtualLayout(shape=(n, *spec.feature_shape), dtype=np.float32)
-            for dst, src, count, k in _runs([rows[p] for p in keep]):
+        runs = _runs([rows[p] for p in keep])
+        for dataset, shape in feature_datasets(spec).values():
+            if not n:
+                _create_dataset(out, dataset, 0, shape)
+                continue
+            layout = h5py.VirtualLayout(shape=(n, *shape), dtype=np.float32)
+            for dst, src, count, k in runs:
                 shard = shards[k]
-                source = h5py.VirtualSource(
-                    os.path.relpath(shard.path, base), "features",
-                    shape=(len(shard.paths), *spec.feature_shape),
-                )
+                source = h5py.VirtualSource(os.path.relpath(shard.path, base), dataset,
+                                            shape=(len(shard.paths), *shape))
                 layout[dst : dst + count] = source[src : src + count]
+            parent, _, leaf = dataset.rpartition("/")
+            group = out.require_group(parent) if parent else out
             # NaN, not 0: ReLU features are mostly zeros, so a zero fill would pass for data.
-            out.create_virtual_dataset("features", layout, fillvalue=np.nan)
-        else:
-            _create_datasets(out, 0, spec.feature_shape)
+            group.create_virtual_dataset(leaf, layout, fillvalue=np.nan)
         out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
         _write_strings(out, "paths", keep)
         _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
@@ -254,12 +267,14 @@ def make_self_contained(cache_path: Path) -> None:
     with h5py.File(cache_path, "r") as src, atomic_h5(cache_path) as out:
         for key, value in src.attrs.items():
             out.attrs[key] = value
-        feats = src["features"]
-        n, shape = feats.shape[0], feats.shape[1:]
-        _create_datasets(out, n, shape)
-        step = max(1024, _chunk_rows(shape))
-        for start in range(0, n, step):
-            out["features"][start : start + step] = feats[start : start + step]
+        spec = FeatureSpec.from_dict({k: _from_attr(v) for k, v in src.attrs.items()})
+        for dataset, shape in feature_datasets(spec).values():
+            feats = src[dataset]
+            n = feats.shape[0]
+            dest = _create_dataset(out, dataset, n, shape)
+            step = max(1024, _chunk_rows(shape))
+            for start in range(0, n, step):
+                dest[start : start + step] = feats[start : start + step]
         for name in ("labels", "paths", "sha256", "file_size", "file_mtime_ns", "skipped"):
             if name in src:
                 src.copy(src[name], out, name)

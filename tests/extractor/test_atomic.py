@@ -31,7 +31,7 @@ def test_disk_full_during_consolidation_leaves_no_temporary_file(
     before = out.read_bytes()
     make_folder(folder, per_class=2, classes=("bird",))
 
-    monkeypatch.setattr(cache_mod, "_copy_features", _disk_full)
+    monkeypatch.setattr(cache_mod, "_copy_rows", _disk_full)
     with pytest.raises(OSError, match="No space left"):
         run(opts(folder, out), features_fn=fake_features)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -16,7 +16,7 @@ from fakes import SIZE, CountingFeatures, fake_features, make_folder, opts
 from imagegen import gradient, write_bad_files
 from PIL import Image
 
-from extractor import open_cache
+from extractor import FeatureSpec, open_cache
 from extractor.cache import CacheError, parts_dir
 from extractor.cli import main as extract_main
 from extractor.runner import ExtractError, Options, run
@@ -404,3 +404,121 @@ def test_a_file_edited_during_the_run_is_noticed_by_the_next(tmp_path: Path) -> 
     with open_cache(out) as cache:
         x = dict(zip(cache.paths, cache.read()[0][:, 0, 0, 0].tolist(), strict=True))
     assert x["cat/cat000.png"] == pytest.approx(11.0, abs=0.01)
+
+
+# --------------------------------------------------------------------------- pooled vectors
+
+
+def test_pooled_vectors_are_stored_beside_the_maps(tmp_path: Path) -> None:
+    from extractor.features import DEFAULT_POOLED_LAYERS, pool
+
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    shutil.copy(folder / "cat" / "cat000.png", folder / "dog" / "same-bytes.png")
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, batch_size=2, checkpoint_every=2), features_fn=fake_features)
+    with h5py.File(out, "r") as f:  # plain h5py: the layout docs/CACHE.md describes
+        assert list(f.attrs["pooled_layers"]) == list(DEFAULT_POOLED_LAYERS)
+        for layer, channels in (("block3_pool", 256), ("block4_pool", 512),
+                                ("block5_pool", 512)):
+            for how in ("avg", "max"):
+                ds = f[f"pooled/{layer}/{how}"]
+                assert ds.shape == (7, channels) and ds.dtype == np.float32
+                assert ds.chunks is not None and ds.compression == "gzip"
+        maps = f["features"][:]
+        np.testing.assert_array_equal(f["pooled/block5_pool/avg"][:], pool(maps, "avg"))
+        np.testing.assert_array_equal(f["pooled/block5_pool/max"][:], pool(maps, "max"))
+        paths = list(f["paths"].asstr()[:])
+        b3 = f["pooled/block3_pool/max"][:]
+    # Each row holds its own image's vectors; a duplicate shares them.
+    pixels = {p: np.asarray(Image.open(folder / p).convert("RGB").resize((SIZE, SIZE)))
+              for p in paths}
+    for i, p in enumerate(paths):
+        assert b3[i, 0] == pytest.approx(float(pixels[p].mean()) + 63 * 256 / 1000, abs=0.5)
+    np.testing.assert_array_equal(b3[paths.index("cat/cat000.png")],
+                                  b3[paths.index("dog/same-bytes.png")])
+    with open_cache(out) as cache:
+        got = cache.read_named(["block4_pool/avg", "block5_pool/max"], [3, 0])
+        assert got["block4_pool/avg"].shape == (2, 512)
+        np.testing.assert_array_equal(got["block5_pool/max"], pool(maps[[3, 0]], "max"))
+
+
+def test_pooled_layers_option_and_refusal_of_other_pooled_layers(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, pooled_layers=()), features_fn=fake_features)
+    with h5py.File(out, "r") as f:
+        assert "pooled" not in f and list(f.attrs["pooled_layers"]) == []
+    with open_cache(out) as cache:  # an old-style cache: the main poolings come from the maps
+        assert cache.feature_names[-2:] == ["block5_pool/avg", "block5_pool/max"]
+
+    with pytest.raises(ExtractError, match=r"pooled_layers: cache has none, this run "
+                                           r"block4_pool.*--pooled-layers none"):
+        run(opts(folder, out, pooled_layers=("block4_pool",)), features_fn=fake_features)
+    # Left out, the option follows the existing cache: new files are added as before.
+    Image.fromarray(gradient(70, 70, seed=42)).save(folder / "cat" / "new.png")
+    summary = run(opts(folder, out), features_fn=fake_features)
+    assert summary.extracted == 1 and summary.total == 5
+    with h5py.File(out, "r") as f:
+        assert "pooled" not in f
+
+    other = tmp_path / "g.h5"
+    run(opts(folder, other, pooled_layers=("block4_pool",)), features_fn=fake_features)
+    with h5py.File(other, "r") as f:
+        assert sorted(f["pooled"]) == ["block4_pool"]
+    with pytest.raises(ExtractError, match="pooled_layers"):
+        run(opts(folder, other, pooled_layers=("block4_pool", "block3_pool")),
+            features_fn=fake_features)
+
+
+def test_checkpoints_made_with_other_pooled_layers_are_refused(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    out = tmp_path / "f.h5"
+
+    def dies(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        raise KeyboardInterrupt
+
+    calls = 0
+
+    def dies_on_second_batch(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            dies(pixels)
+        return fake_features(pixels)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(opts(folder, out, batch_size=2, checkpoint_every=2, pooled_layers=()),
+            features_fn=dies_on_second_batch)
+    with pytest.raises(CacheError, match="pooled_layers"):
+        run(opts(folder, out), features_fn=fake_features)
+    summary = run(opts(folder, out, pooled_layers=()), features_fn=fake_features)
+    assert summary.total == 6
+
+
+def test_write_cache_takes_named_features_or_the_maps(tmp_path: Path) -> None:
+    from extractor import write_cache
+    from extractor.features import pool
+
+    spec = FeatureSpec(backbone="vgg16", weights_sha256="x" * 64, layer="block5_pool",
+                       input_size=64, preprocessing="p", feature_shape=(2, 2, 512),
+                       pooled_layers=("block5_pool",))
+    maps = fake_features(np.zeros((3, SIZE, SIZE, 3), np.uint8))["block5_pool"]
+    write_cache(tmp_path / "a.h5", maps, [0, 1, 0], ["a", "b", "c"], spec, ["x", "y"])
+    with open_cache(tmp_path / "a.h5") as cache:
+        np.testing.assert_array_equal(cache.read_named(["block5_pool/max"])["block5_pool/max"],
+                                      pool(maps, "max"))
+    bad = {**fake_features(np.zeros((3, SIZE, SIZE, 3), np.uint8))}
+    bad["block5_pool/avg"] = bad["block5_pool/avg"][:2]
+    with pytest.raises(ValueError, match="block5_pool/avg"):
+        write_cache(tmp_path / "b.h5", bad, [0, 1, 0], ["a", "b", "c"], spec, ["x", "y"])
+    assert not (tmp_path / "b.h5").exists()
+
+
+def test_cli_pooled_layers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from extractor.cli import pooled_layers
+
+    assert pooled_layers("none") == ()
+    assert pooled_layers("block4_pool, block3_pool,block4_pool") == ("block4_pool", "block3_pool")
+    with pytest.raises(SystemExit) as exc:
+        extract_main(["--dir", str(tmp_path), "--pooled-layers", "block9_pool"])
+    assert exc.value.code == 2 and "block9_pool" in capsys.readouterr().err
