@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 
 from extractor import features as named
 from extractor.atomic import atomic_h5
+from extractor.augment import mode_of
 from extractor.features import Features
 from extractor.features import pool as pool_maps
 from extractor.spec import FeatureSpec, parse_feature_name
@@ -73,15 +74,20 @@ class AugmentSettings:
     views: int = 0
     seed: int = 0
     description: str = ""
+    #: `recipe`, `dihedral` or `flips` (`extractor.augment`); `none` without views.
+    mode: str = "none"
 
     def to_attrs(self) -> dict[str, Any]:
         return {"augment_views": self.views, "augment_seed": self.seed,
-                "augmentation": self.description}
+                "augmentation": self.description, "augment_mode": self.mode}
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> AugmentSettings:
-        return cls(int(attrs.get("augment_views", 0)), int(attrs.get("augment_seed", 0)),
-                   str(attrs.get("augmentation", "")))
+        views = int(attrs.get("augment_views", 0))
+        description = str(attrs.get("augmentation", ""))
+        mode = str(attrs.get("augment_mode", "")) or (
+            mode_of(description) if views else "none")  # caches before augment_mode
+        return cls(views, int(attrs.get("augment_seed", 0)), description, mode)
 
 
 def parts_dir(cache_path: Path) -> Path:
@@ -178,6 +184,15 @@ class FeatureCache:
         if "file_size" not in self._file:
             return None
         return _read_stats(self._file, "", len(self))
+
+    @property
+    def image_ids(self) -> NDArray[np.int64]:
+        """One integer per row, the same for every view of one image (file path) and increasing
+        with the path: group rows by image with it (e.g. scikit-learn's GroupKFold)."""
+        paths = np.asarray(self._file["paths"][:], dtype=object)
+        if len(paths) == 0:
+            return np.zeros(0, np.int64)
+        return np.unique(paths, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
     @property
     def n_images(self) -> int:

@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "image and --augment-seed (default: %(default)s)")
     p.add_argument("--augment-seed", type=int, default=0,
                    help="seed of the augmented views (default: %(default)s)")
-    p.add_argument("--augment-mode", choices=("recipe", "dihedral"), default="recipe",
+    p.add_argument("--augment-mode", choices=("recipe", "dihedral", "flips"), default="recipe",
                    help="recipe: rotations up to 40 degrees, shifts, shear, zoom, flips; "
-                   "dihedral: flips and quarter turns only, for images with no canonical "
-                   "orientation (default: %(default)s)")
+                   "dihedral: flips and quarter turns only (K at most 7), for images with no "
+                   "canonical orientation; flips: the mirror image only (K = 1), for photos "
+                   "that have an up (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=512, metavar="N",
                    help="save progress every N files (and at least every minute) so an "
                    "interrupted run loses little (default: %(default)s)")
@@ -124,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                                  f"got {getattr(args, name)}")
     if args.augment < 0:
         build_parser().error(f"--augment must be 0 or more; got {args.augment}")
+    if args.augment:
+        from extractor.augment import check
+
+        try:
+            check(args.augment_mode, args.augment)
+        except ValueError as exc:
+            build_parser().error(str(exc))
     if args.augment and args.engine == "ray":
         build_parser().error("--augment runs on the local engine only; leave out --engine ray")
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,

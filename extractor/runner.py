@@ -67,7 +67,7 @@ class Options:
     #: Augmented views stored per image besides the image itself, and the seed drawing them.
     augment: int = 0
     augment_seed: int = 0
-    augment_mode: str = "recipe"  # or "dihedral" (extractor.augment)
+    augment_mode: str = "recipe"  # or "dihedral", "flips" (extractor.augment)
     #: Layers whose global average and max pooled vectors are stored beside the maps. None:
     #: those of the existing cache, or `extractor.features.DEFAULT_POOLED_LAYERS` for a new one.
     pooled_layers: tuple[str, ...] | None = None
@@ -76,7 +76,8 @@ class Options:
     def augmentation(self) -> AugmentSettings:
         if not self.augment:
             return AugmentSettings()
-        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode))
+        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode),
+                               self.augment_mode)
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
 
@@ -180,6 +181,7 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     if pooled is None:
         pooled = theirs.pooled_layers if theirs is not None else DEFAULT_POOLED_LAYERS
     try:
+        aug.check(opts.augment_mode, opts.augment)
         bb.validate(opts.layer, opts.image_size, tuple(pooled))
         runtime = bb.resolve_runtime(opts.runtime)
     except ValueError as exc:
