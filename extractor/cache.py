@@ -435,6 +435,49 @@ def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
     return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
 
 
+#: netCDF-4's mark of a dimension scale that holds no coordinate values: xarray (h5netcdf) and
+#: other netCDF readers then show the dimension's name without a variable of that name.
+_NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
+
+
+def _dimension(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
+    # No data is written, so no storage is allocated: a name and a length only.
+    ds = group.create_dataset(name, shape=(size,), dtype=np.float32)
+    ds.make_scale(f"{_NOT_A_VARIABLE}{size:10d}")
+    return ds
+
+
+def _attach(ds: h5py.Dataset, dims: Sequence[h5py.Dataset], names: Sequence[str]) -> None:
+    for axis, (scale, name) in enumerate(zip(dims, names, strict=True)):
+        ds.dims[axis].attach_scale(scale)
+        ds.dims[axis].label = name
+
+
+def label_dims(f: h5py.File, spec: FeatureSpec) -> None:
+    """Name every dataset's dimensions (HDF5 dimension scales, as netCDF-4 writes them):
+    `row` for the cache's rows, `height`, `width`, `channel` for the maps,
+    `<layer>_channel` for pooled vectors, `skipped_row` in /skipped. Works on virtual datasets
+    too: the names live in the cache file, not in the shards."""
+    n = int(f["features"].shape[0])
+    row = _dimension(f, "row", n)
+    h, w, c = (int(v) for v in f["features"].shape[1:])
+    maps = [row, _dimension(f, "height", h), _dimension(f, "width", w),
+            _dimension(f, "channel", c)]
+    _attach(f["features"], maps, ["row", "height", "width", "channel"])
+    for layer in spec.pooled_layers:
+        channels = int(f[f"pooled/{layer}/avg"].shape[1])
+        dim = _dimension(f, f"{layer}_channel", channels)
+        for how in ("avg", "max"):
+            _attach(f[f"pooled/{layer}/{how}"], [row, dim], ["row", f"{layer}_channel"])
+    for name in ("labels", "paths", "sha256", "view", "file_size", "file_mtime_ns"):
+        if name in f:
+            _attach(f[name], [row], ["row"])
+    grp = f["skipped"]
+    skipped_row = _dimension(grp, "skipped_row", int(grp["paths"].shape[0]))
+    for name in ("paths", "reasons"):
+        _attach(grp[name], [skipped_row], ["skipped_row"])
+
+
 def write_spec(attrs: h5py.AttributeManager, spec: FeatureSpec) -> None:
     """The spec's fields as attributes (lists of names as string arrays, even when empty)."""
     for key, value in spec.to_dict().items():
@@ -482,6 +525,7 @@ def write_cache(
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
         f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
                                                  dtype=np.int16).reshape(n))
+        label_dims(f, spec)
     return path
 
 
@@ -743,6 +787,7 @@ def consolidate(
             grp = out.create_group("skipped")
             _write_strings(grp, "paths", [p for p, _ in skip_keep])
             _write_strings(grp, "reasons", [r for _, r in skip_keep])
+            label_dims(out, spec)
     finally:
         for f in sources:
             f.close()

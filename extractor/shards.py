@@ -49,6 +49,7 @@ from extractor.cache import (
     _write_stats,
     _write_strings,
     feature_datasets,
+    label_dims,
     lost_sources_message,
     write_rows,
     write_spec,
@@ -224,9 +225,11 @@ def merge(
         _write_strings(out, "paths", keep)
         _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
         _write_stats(out, "", [rows[p].stat for p in keep])
+        out.create_dataset("view", data=np.zeros(n, np.int16))  # no augmented views on Ray
         grp = out.create_group("skipped")
         _write_strings(grp, "paths", skip_keep)
         _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
+        label_dims(out, spec)
     return n, [(p, skipped[p]) for p in skip_keep]
 
 
@@ -275,9 +278,14 @@ def make_self_contained(cache_path: Path) -> None:
             step = max(1024, _chunk_rows(shape))
             for start in range(0, n, step):
                 dest[start : start + step] = feats[start : start + step]
-        for name in ("labels", "paths", "sha256", "file_size", "file_mtime_ns", "skipped"):
+        # Values, not HDF5 copies: a copy would keep dimension-scale references into `src`.
+        for name in ("labels", "view", "file_size", "file_mtime_ns"):
             if name in src:
-                src.copy(src[name], out, name)
+                out.create_dataset(name, data=src[name][:])
+        for name in ("paths", "sha256", "skipped/paths", "skipped/reasons"):
+            _write_strings(out.require_group(name.rpartition("/")[0] or "/"),
+                           name.rpartition("/")[2], _strings(src[name]))
+        label_dims(out, spec)
 
 
 def remove_shards(directory: Path) -> None:
