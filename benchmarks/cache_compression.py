@@ -25,6 +25,7 @@ FILTERS: list[tuple[str, dict[str, object]]] = [
     ("gzip-4+shuffle", {"compression": "gzip", "compression_opts": 4, "shuffle": True}),
     ("gzip-9+shuffle", {"compression": "gzip", "compression_opts": 9, "shuffle": True}),
     ("lzf+shuffle (h5py only)", {"compression": "lzf", "shuffle": True}),
+    ("lzf (h5py only)", {"compression": "lzf"}),
 ]
 
 
@@ -58,7 +59,7 @@ def main() -> None:
                 t = time.perf_counter()
                 with h5py.File(path, "w") as f:
                     for key, a in arrays.items():
-                        rows = max(1, (1 << 20) // a[0].nbytes)
+                        rows = min(len(a), max(1, (1 << 20) // a[0].nbytes))
                         f.create_dataset(key, data=a, chunks=(rows, *a.shape[1:]), **kw)
                 w.append(time.perf_counter() - t)
                 t = time.perf_counter()
