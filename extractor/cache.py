@@ -2,17 +2,23 @@
 
 Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
 
-    /features         (N, H, W, C) float32, chunked (~1 MiB), gzip level 1
+    /features         (N, H, W, C) float32, chunked (~1 MiB), gzip level 1: the main layer's maps
+    /pooled/<layer>/avg, /pooled/<layer>/max
+                      (N, C) float32, gzip 1 + shuffle: pooled vectors of each pooled layer
     /labels           (N,) int32, index into attribute class_names, -1 when unlabelled
     /paths            (N,) UTF-8 strings, relative to the extracted folder, sorted
     /sha256           (N,) hex SHA-256 of each file's bytes
     /view             (N,) int16: 0 for the image itself, 1..K for its augmented views
+    /file_size, /file_mtime_ns  (N,) int64: the file as read, to notice changes (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
+    /row, /height, /width, /channel, /<layer>_channel, /skipped/skipped_row
+                      dimension scales naming the datasets' dimensions (no data)
     attributes        format, class_names, the feature spec (backbone, weights_sha256, layer,
-                      input_size, preprocessing, feature_shape, runtime), augment_views,
-                      augment_seed, augmentation, weights_source, package_version,
-                      keras_version, created, source_dir
+                      input_size, preprocessing, feature_shape, runtime, pooled_layers,
+                      precision, quantized_sha256), augment_views, augment_seed, augment_mode,
+                      augmentation, weights_source, package_version, keras_version, created,
+                      source_dir (engine = ray in merged caches)
 
 Crash safety: the cache file is only ever replaced whole (`os.replace` of a finished temporary
 file), so it is always either the previous complete cache or the new one. Work in progress goes
