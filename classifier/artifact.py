@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,6 +35,7 @@ from classifier.errors import ArtifactError
 from classifier.heads import Head, json_params
 from classifier.views import Views
 from extractor import FeatureSpec
+from extractor.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def save_head(
     `class_names` are the cache's class names (indexed by the labels the head was trained on);
     `metrics` maps a set name ("train", "validation") to `classification_metrics` output;
     `extra` adds keys to the metadata (data sizes, timings). The directory is built under a
-    temporary name and renamed into place, so a crash never leaves half an artifact.
+    temporary name and renamed into place (`extractor.atomic.atomic_dir`), so a crash never
+    leaves half an artifact, and a failure leaves nothing behind.
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -93,11 +94,7 @@ def save_head(
     classes = [int(c) for c in head.classes_]
     names = [class_names[c] for c in classes]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model_path = head.save_model(tmp)
         files = [model_path.name]
         metrics = dict(metrics or {})
@@ -129,12 +126,6 @@ def save_head(
             **dict(extra or {}),
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved %s head to %s", head.kind, out)
     return out
 

@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ import numpy as np
 
 from classifier.artifact import LoadedHead
 from extractor import open_cache
+from extractor.atomic import atomic_open
 from extractor.backbone import make_spec
 from extractor.runner import Options, Summary
 from extractor.walk import scan
@@ -123,8 +123,7 @@ def write_predictions(
     predictions: Iterable[Prediction], classes: Sequence[str], out: Path
 ) -> Path:
     """CSV (path, label, p_<class>..., error) or, for a `.jsonl` name, one JSON object a line."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
         if out.suffix.lower() == ".jsonl":
             for p in predictions:
                 by_class = (dict(zip(classes, p.probabilities, strict=True))
@@ -138,5 +137,4 @@ def write_predictions(
                 probs = ([repr(v) for v in p.probabilities] if p.probabilities is not None
                          else [""] * len(classes))
                 writer.writerow([p.path, p.label or "", *probs, p.error or ""])
-    os.replace(tmp, out)
     return out

@@ -1,9 +1,10 @@
 """Random augmented views of an image, reproducible per (file bytes, view, seed).
 
-Two modes. `recipe` (the default) uses the recipe's augmentations; `dihedral` uses the flips and
-quarter turns of the square, for images with no canonical orientation (solar cells,
+Three modes. `recipe` (the default) uses the recipe's augmentations; `dihedral` uses the flips
+and quarter turns of the square, for images with no canonical orientation (solar cells,
 microscopy, satellite tiles), where rotating by 40 degrees and filling corners with edge pixels
-makes pictures the data never holds.
+makes pictures the data never holds; `flips` adds only the mirror image (left-right), for photos
+that do have an up (a dihedral view of a cat would stand it on its head).
 
 The recipe's augmentations are the recipe's (Keras's `ImageDataGenerator(rotation_range=40,
 width_shift_range=0.2, height_shift_range=0.2, shear_range=0.2, zoom_range=0.2,
@@ -44,14 +45,40 @@ class Augmentation:
 
 
 RECIPE = Augmentation()
-MODES = ("recipe", "dihedral")
+MODES = ("recipe", "dihedral", "flips")
 DIHEDRAL_DESCRIPTION = "dihedral: the 7 flips and quarter turns of the square, in random order"
+FLIPS_DESCRIPTION = "flips: the left-right mirror image"
+#: Views a mode can make before they repeat (None: no limit).
+MAX_VIEWS: dict[str, int | None] = {"recipe": None, "dihedral": 7, "flips": 1}
 
 
 def describe(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"augment mode must be one of {', '.join(MODES)}; got {mode!r}")
-    return RECIPE.describe() if mode == "recipe" else DIHEDRAL_DESCRIPTION
+    return {"recipe": RECIPE.describe(), "dihedral": DIHEDRAL_DESCRIPTION,
+            "flips": FLIPS_DESCRIPTION}[mode]
+
+
+def mode_of(description: str) -> str:
+    """The mode an `augmentation` description was written by (caches before `augment_mode`)."""
+    if description.startswith("dihedral:"):
+        return "dihedral"
+    if description.startswith("flips:"):
+        return "flips"
+    return "recipe"
+
+
+def check(mode: str, views: int) -> None:
+    """Refuse a view count the mode cannot fill with distinct views (ValueError)."""
+    describe(mode)
+    limit = MAX_VIEWS[mode]
+    if mode == "flips" and views not in (0, 1):
+        raise ValueError(f"--augment-mode flips makes one view, the mirror image: use --augment "
+                         f"1; got --augment {views}")
+    if limit is not None and views > limit:
+        raise ValueError(f"--augment-mode {mode} has {limit} distinct views besides the image "
+                         f"(its flips and quarter turns); more would repeat them: use --augment "
+                         f"{limit} or fewer; got --augment {views}")
 
 
 def make_view(pixels: NDArray[np.uint8], sha256: str, view: int, seed: int,
@@ -66,6 +93,10 @@ def make_view(pixels: NDArray[np.uint8], sha256: str, view: int, seed: int,
         t = int(order[(view - 1) % 7]) + 1
         out = np.rot90(pixels, t % 4)
         return np.ascontiguousarray(out[:, ::-1] if t >= 4 else out)
+    if mode == "flips":
+        if view != 1:
+            raise ValueError(f"augment mode flips has one view (1); got view {view}")
+        return np.ascontiguousarray(pixels[:, ::-1])
     raise ValueError(f"augment mode must be one of {', '.join(MODES)}; got {mode!r}")
 
 

@@ -2,23 +2,31 @@
 
 Layout (readable with plain h5py or any HDF5 tool; see docs/CACHE.md):
 
-    /features         (N, H, W, C) float32, chunked (~1 MiB), gzip level 1
+    /features         (N, H, W, C) float32, chunked (~1 MiB), gzip level 1: the main layer's maps
+    /pooled/<layer>/avg, /pooled/<layer>/max
+                      (N, C) float32, gzip 1 + shuffle: pooled vectors of each pooled layer
     /labels           (N,) int32, index into attribute class_names, -1 when unlabelled
     /paths            (N,) UTF-8 strings, relative to the extracted folder, sorted
     /sha256           (N,) hex SHA-256 of each file's bytes
     /view             (N,) int16: 0 for the image itself, 1..K for its augmented views
+    /file_size, /file_mtime_ns  (N,) int64: the file as read, to notice changes (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
+    /row, /height, /width, /channel, /<layer>_channel, /skipped/skipped_row
+                      dimension scales naming the datasets' dimensions (no data)
     attributes        format, class_names, the feature spec (backbone, weights_sha256, layer,
-                      input_size, preprocessing, feature_shape, runtime), augment_views,
-                      augment_seed, augmentation, weights_source, package_version,
-                      keras_version, created, source_dir
+                      input_size, preprocessing, feature_shape, runtime, pooled_layers,
+                      precision, quantized_sha256), augment_views, augment_seed, augment_mode,
+                      augmentation, weights_source, package_version, keras_version, created,
+                      source_dir (engine = ray in merged caches)
 
 Crash safety: the cache file is only ever replaced whole (`os.replace` of a finished temporary
 file), so it is always either the previous complete cache or the new one. Work in progress goes
 to checkpoint files in `<cache>.parts/`, each also written to a temporary name and renamed when
-complete. A killed run leaves complete checkpoints only; the next run skips what they hold and
-folds them into the cache when it finishes.
+complete (`extractor.atomic`: a failed write leaves no temporary behind, and the rename is made
+durable before the checkpoints it replaces are deleted). A killed run leaves complete
+checkpoints only; the next run skips what they hold and folds them into the cache when it
+finishes.
 """
 
 from __future__ import annotations
@@ -35,8 +43,13 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
+from extractor.atomic import atomic_h5
+from extractor.augment import mode_of
+from extractor.features import Features
 from extractor.features import pool as pool_maps
 from extractor.spec import FeatureSpec, parse_feature_name
+from extractor.walk import UNKNOWN, FileStat
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +60,11 @@ PART_FORMAT = "featcache-part/1"
 #: 8.3x smaller, and faster to write and read than higher levels or shuffle. README, "Cache size".
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1
+#: Pooled vectors are dense (an average is rarely 0): POOLED_FILTERS measured best on them
+#: (README, "Cache size").
+POOLED_COMPRESSION = "gzip"
+POOLED_COMPRESSION_LEVEL = 1
+POOLED_SHUFFLE = True
 CHUNK_BYTES = 1 << 20
 _STR = h5py.string_dtype("utf-8")
 
@@ -62,15 +80,20 @@ class AugmentSettings:
     views: int = 0
     seed: int = 0
     description: str = ""
+    #: `recipe`, `dihedral` or `flips` (`extractor.augment`); `none` without views.
+    mode: str = "none"
 
     def to_attrs(self) -> dict[str, Any]:
         return {"augment_views": self.views, "augment_seed": self.seed,
-                "augmentation": self.description}
+                "augmentation": self.description, "augment_mode": self.mode}
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> AugmentSettings:
-        return cls(int(attrs.get("augment_views", 0)), int(attrs.get("augment_seed", 0)),
-                   str(attrs.get("augmentation", "")))
+        views = int(attrs.get("augment_views", 0))
+        description = str(attrs.get("augmentation", ""))
+        mode = str(attrs.get("augment_mode", "")) or (
+            mode_of(description) if views else "none")  # caches before augment_mode
+        return cls(views, int(attrs.get("augment_seed", 0)), description, mode)
 
 
 def parts_dir(cache_path: Path) -> Path:
@@ -88,9 +111,14 @@ def _package_version() -> str:
 
 
 class FeatureCache:
-    """Read access to a cache file. Features stay on disk until asked for."""
+    """Read access to a cache file. Features stay on disk until asked for.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    A merged cache (Ray engine) whose shard files are not all readable is refused on open:
+    HDF5 would read the lost rows as NaN without an error. `check_sources=False` skips that
+    check, only to read the attributes of a cache that is about to be rebuilt.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, check_sources: bool = True) -> None:
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r")
@@ -101,6 +129,11 @@ class FeatureCache:
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
             raise CacheError(f"{self.path} is not a feature cache (attribute format != {FORMAT})")
+        if check_sources:
+            missing = missing_sources(self._file, self.path)
+            if missing:
+                self._file.close()
+                raise CacheError(lost_sources_message(self.path, missing))
 
     def close(self) -> None:
         self._file.close()
@@ -151,6 +184,23 @@ class FeatureCache:
         return np.asarray(self._file["view"][:], dtype=np.int16)
 
     @property
+    def file_stats(self) -> list[FileStat] | None:
+        """Size and mtime (ns) of each row's file when it was read; None in caches made before
+        they were recorded. mtime -1: unknown (modified just before it was read)."""
+        if "file_size" not in self._file:
+            return None
+        return _read_stats(self._file, "", len(self))
+
+    @property
+    def image_ids(self) -> NDArray[np.int64]:
+        """One integer per row, the same for every view of one image (file path) and increasing
+        with the path: group rows by image with it (e.g. scikit-learn's GroupKFold)."""
+        paths = np.asarray(self._file["paths"][:], dtype=object)
+        if len(paths) == 0:
+            return np.zeros(0, np.int64)
+        return np.unique(paths, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+    @property
     def n_images(self) -> int:
         """Images in the cache (rows less augmented views)."""
         return int((self.views == 0).sum())
@@ -174,12 +224,12 @@ class FeatureCache:
 
     def _named_source(self, name: str) -> tuple[h5py.Dataset, str | None]:
         """The dataset a named feature is read from, and the pooling to apply to it (if any)."""
-        stored = f"pooled/{name}"
-        if stored in self._file:
-            return self._file[stored], None
         spec = self.spec
         if name == spec.layer:
             return self.features, None
+        stored = self._file.get(f"pooled/{name}")
+        if isinstance(stored, h5py.Dataset):  # (pooled/<layer> alone is a group)
+            return stored, None
         layer, how = parse_feature_name(name)
         if layer == spec.layer and how is not None:
             return self.features, how  # a cache without stored pooled vectors: pool the maps
@@ -252,9 +302,43 @@ class FeatureCache:
         return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
-def open_cache(path: str | os.PathLike[str]) -> FeatureCache:
+def open_cache(path: str | os.PathLike[str], *, check_sources: bool = True) -> FeatureCache:
     """Open a feature cache for reading (use as a context manager)."""
-    return FeatureCache(path)
+    return FeatureCache(path, check_sources=check_sources)
+
+
+def virtual_source_files(f: h5py.File) -> list[str]:
+    """The files the virtual datasets of `f` map rows onto, as stored (relative names)."""
+    names: set[str] = set()
+
+    def visit(_: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            names.update(m.file_name for m in obj.virtual_sources())
+
+    f.visititems(visit)
+    return sorted(n for n in names if n != ".")
+
+
+def missing_sources(f: h5py.File, path: Path) -> list[Path]:
+    """Source files of `f`'s virtual datasets that cannot be opened (empty: all there)."""
+    missing = []
+    for name in virtual_source_files(f):
+        source = path.parent / name
+        try:
+            with h5py.File(source, "r") as src:
+                src["features"]  # opening the dataset is the check
+        except (OSError, KeyError):
+            missing.append(source)
+    return missing
+
+
+def lost_sources_message(path: Path, missing: Sequence[Path]) -> str:
+    return (
+        f"{path} is a merged cache whose rows live in shard files, and {len(missing)} of them "
+        f"cannot be read (first: {missing[0]}); its features would read back as NaN. Keep the "
+        "cache next to its shards folder, or run extract --engine ray again to re-extract the "
+        "files they held (or delete the cache to rebuild it)"
+    )
 
 
 def _from_attr(value: Any) -> Any:
@@ -286,19 +370,124 @@ def _chunk_rows(feature_shape: Sequence[int]) -> int:
     return max(1, CHUNK_BYTES // row_bytes)
 
 
-def _create_datasets(f: h5py.File, n: int, feature_shape: Sequence[int]) -> None:
-    f.create_dataset(
-        "features",
-        shape=(n, *feature_shape),
+def dataset_name(spec: FeatureSpec, name: str) -> str:
+    """Where a named feature lives in a cache (or checkpoint, or shard): the main layer's maps
+    in `features`, pooled vectors in `pooled/<layer>/<avg|max>`."""
+    return "features" if name == spec.layer else f"pooled/{name}"
+
+
+def feature_datasets(spec: FeatureSpec) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Every feature a file made with `spec` stores: name -> (dataset, shape of one row)."""
+    return {name: (dataset_name(spec, name), shape)
+            for name, shape in named.shapes(spec).items()}
+
+
+def _create_dataset(f: h5py.Group, path: str, n: int, row_shape: Sequence[int]) -> h5py.Dataset:
+    pooled = path != "features"
+    return f.create_dataset(
+        path,
+        shape=(n, *row_shape),
         dtype=np.float32,
-        chunks=(max(1, min(n, _chunk_rows(feature_shape))), *feature_shape) if n else None,
-        compression=COMPRESSION if n else None,
-        compression_opts=COMPRESSION_LEVEL if n else None,
+        chunks=(max(1, min(n, _chunk_rows(row_shape))), *row_shape) if n else None,
+        compression=(POOLED_COMPRESSION if pooled else COMPRESSION) if n else None,
+        compression_opts=(POOLED_COMPRESSION_LEVEL if pooled else COMPRESSION_LEVEL) if n
+        else None,
+        shuffle=bool(n and pooled and POOLED_SHUFFLE),
     )
+
+
+def _create_datasets(f: h5py.File, n: int, spec: FeatureSpec) -> None:
+    for path, shape in feature_datasets(spec).values():
+        _create_dataset(f, path, n, shape)
+
+
+def as_features(
+    features: Features | NDArray[np.float32], spec: FeatureSpec, n: int
+) -> Features:
+    """Named features of `n` rows for `spec`: a dict as the conv base gives it, or an array
+    taken as the main maps (older callers); the main layer's poolings are derived from the
+    maps when missing. Raises ValueError when a feature is missing or has the wrong shape."""
+    given: Mapping[str, NDArray[np.float32]] = (
+        features if isinstance(features, Mapping) else {spec.layer: features})
+    try:
+        out = named.select(given, spec.stored_names(), spec.layer)
+    except KeyError as exc:
+        raise ValueError(f"features for {spec.stored_names()} are needed; {exc.args[0]}") from None
+    for name, shape in named.shapes(spec).items():
+        arr = np.asarray(out[name], dtype=np.float32)
+        if arr.shape != (n, *shape):
+            raise ValueError(f"feature {name!r} must have shape {(n, *shape)}; got {arr.shape}")
+        out[name] = arr
+    return out
 
 
 def _write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
     group.create_dataset(name, data=np.array(list(values), dtype=object), dtype=_STR)
+
+
+def _write_stats(group: h5py.Group, prefix: str, stats: Sequence[FileStat]) -> None:
+    """`<prefix>file_size` and `<prefix>file_mtime_ns`, (N,) int64: see `extractor.walk`."""
+    arr = np.array([tuple(st) for st in stats], dtype=np.int64).reshape(len(stats), 2)
+    group.create_dataset(f"{prefix}file_size", data=arr[:, 0])
+    group.create_dataset(f"{prefix}file_mtime_ns", data=arr[:, 1])
+
+
+def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
+    """Recorded file stats, or unknown ones for files written before they were recorded."""
+    if f"{prefix}file_size" not in group:
+        return [UNKNOWN] * n
+    sizes = group[f"{prefix}file_size"][:].tolist()
+    mtimes = group[f"{prefix}file_mtime_ns"][:].tolist()
+    return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
+
+
+#: netCDF-4's mark of a dimension scale that holds no coordinate values: xarray (h5netcdf) and
+#: other netCDF readers then show the dimension's name without a variable of that name.
+_NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
+
+
+def _dimension(group: h5py.Group, name: str, size: int) -> h5py.Dataset:
+    # No data is written, so no storage is allocated: a name and a length only.
+    ds = group.create_dataset(name, shape=(size,), dtype=np.float32)
+    ds.make_scale(f"{_NOT_A_VARIABLE}{size:10d}")
+    return ds
+
+
+def _attach(ds: h5py.Dataset, dims: Sequence[h5py.Dataset], names: Sequence[str]) -> None:
+    for axis, (scale, name) in enumerate(zip(dims, names, strict=True)):
+        ds.dims[axis].attach_scale(scale)
+        ds.dims[axis].label = name
+
+
+def label_dims(f: h5py.File, spec: FeatureSpec) -> None:
+    """Name every dataset's dimensions (HDF5 dimension scales, as netCDF-4 writes them):
+    `row` for the cache's rows, `height`, `width`, `channel` for the maps,
+    `<layer>_channel` for pooled vectors, `skipped_row` in /skipped. Works on virtual datasets
+    too: the names live in the cache file, not in the shards."""
+    n = int(f["features"].shape[0])
+    row = _dimension(f, "row", n)
+    h, w, c = (int(v) for v in f["features"].shape[1:])
+    maps = [row, _dimension(f, "height", h), _dimension(f, "width", w),
+            _dimension(f, "channel", c)]
+    _attach(f["features"], maps, ["row", "height", "width", "channel"])
+    for layer in spec.pooled_layers:
+        channels = int(f[f"pooled/{layer}/avg"].shape[1])
+        dim = _dimension(f, f"{layer}_channel", channels)
+        for how in ("avg", "max"):
+            _attach(f[f"pooled/{layer}/{how}"], [row, dim], ["row", f"{layer}_channel"])
+    for name in ("labels", "paths", "sha256", "view", "file_size", "file_mtime_ns"):
+        if name in f:
+            _attach(f[name], [row], ["row"])
+    grp = f["skipped"]
+    skipped_row = _dimension(grp, "skipped_row", int(grp["paths"].shape[0]))
+    for name in ("paths", "reasons"):
+        _attach(grp[name], [skipped_row], ["skipped_row"])
+
+
+def write_spec(attrs: h5py.AttributeManager, spec: FeatureSpec) -> None:
+    """The spec's fields as attributes (lists of names as string arrays, even when empty)."""
+    for key, value in spec.to_dict().items():
+        attrs[key] = np.array(value, dtype=_STR) if key == "pooled_layers" else value
 
 
 def _set_attrs(
@@ -308,28 +497,16 @@ def _set_attrs(
     f.attrs["class_names"] = np.array(list(class_names), dtype=object) if class_names else (
         np.zeros((0,), dtype=_STR)
     )
-    for key, value in spec.to_dict().items():
-        f.attrs[key] = value
+    write_spec(f.attrs, spec)
     f.attrs["package_version"] = _package_version()
     f.attrs["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for key, value in extra.items():
         f.attrs[key] = value
 
 
-def _atomic_h5(path: Path) -> tuple[Path, h5py.File]:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    return tmp, h5py.File(tmp, "w")
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_cache(
     path: str | os.PathLike[str],
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     labels: Sequence[int] | NDArray[np.integer],
     paths: Sequence[str],
     spec: FeatureSpec,
@@ -338,41 +515,46 @@ def write_cache(
     skipped: Sequence[tuple[str, str]] = (),
     extra_attrs: Mapping[str, Any] | None = None,
     views: Sequence[int] | NDArray[np.integer] | None = None,
+    file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
-    """Write a complete cache from in-memory arrays (small sets, tests, synthetic data)."""
+    """Write a complete cache from in-memory arrays (small sets, tests, synthetic data).
+
+    `features`: the named features of `spec` ({name: (N, ...) array}), or an array of the main
+    maps alone (the main layer's poolings are then derived from them)."""
     path = Path(path)
     n = len(paths)
-    feats = np.asarray(features, dtype=np.float32)
-    if feats.shape != (n, *spec.feature_shape):
-        raise ValueError(
-            f"features must have shape {(n, *spec.feature_shape)}; got {feats.shape}"
-        )
-    tmp, f = _atomic_h5(path)
-    with f:
+    feats = as_features(features, spec, n)
+    with atomic_h5(path) as f:
         _set_attrs(f, spec, class_names, extra_attrs or {})
-        write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped)
+        write_rows(f, spec, feats, paths, sha256 if sha256 is not None else [""] * n, skipped,
+                   file_stats)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32).reshape(n))
         f.create_dataset("view", data=np.asarray(views if views is not None else np.zeros(n),
                                                  dtype=np.int16).reshape(n))
-    _commit(tmp, path)
+        label_dims(f, spec)
     return path
 
 
 def write_rows(
     f: h5py.File,
     spec: FeatureSpec,
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     paths: Sequence[str],
     sha256: Sequence[str],
     skipped: Sequence[tuple[str, str]],
+    file_stats: Sequence[FileStat] | None = None,
 ) -> None:
-    """The datasets every cache-like file has: features, paths, sha256 and /skipped."""
+    """The datasets every cache-like file has: the named features, paths, sha256, file stats
+    and /skipped."""
     n = len(paths)
-    _create_datasets(f, n, spec.feature_shape)
-    if n:
-        f["features"][:] = np.asarray(features, dtype=np.float32).reshape(n, *spec.feature_shape)
+    feats = as_features(features, spec, n)
+    for name, (path, shape) in feature_datasets(spec).items():
+        ds = _create_dataset(f, path, n, shape)
+        if n:
+            ds[:] = feats[name]
     _write_strings(f, "paths", paths)
     _write_strings(f, "sha256", sha256)
+    _write_stats(f, "", file_stats if file_stats is not None else [UNKNOWN] * n)
     grp = f.create_group("skipped")
     _write_strings(grp, "paths", [p for p, _ in skipped])
     _write_strings(grp, "reasons", [r for _, r in skipped])
@@ -386,15 +568,29 @@ class Checkpoint:
     paths: list[str] = dataclasses.field(default_factory=list)
     sha256: list[str] = dataclasses.field(default_factory=list)
     views: list[int] = dataclasses.field(default_factory=list)
-    features: list[NDArray[np.float32]] = dataclasses.field(default_factory=list)
+    #: Named features of each row (`extractor.features`).
+    features: list[Features] = dataclasses.field(default_factory=list)
+    #: The file's size and mtime when it was read (per row, like paths).
+    stats: list[FileStat] = dataclasses.field(default_factory=list)
     #: Files whose bytes equal a file already extracted: they share its features (every view).
     dup_paths: list[str] = dataclasses.field(default_factory=list)
     dup_sha256: list[str] = dataclasses.field(default_factory=list)
+    dup_stats: list[FileStat] = dataclasses.field(default_factory=list)
     skip_paths: list[str] = dataclasses.field(default_factory=list)
     skip_reasons: list[str] = dataclasses.field(default_factory=list)
+    skip_stats: list[FileStat] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths) + len(self.dup_paths) + len(self.skip_paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """The latest a run's checkpoints say about one file."""
+
+    kind: str  # "row" (extracted), "dup" (shares a row's features) or "skip" (unusable)
+    sha256: str  # empty for skips
+    stat: FileStat
 
 
 class Staging:
@@ -417,7 +613,10 @@ class Staging:
         for part in self.parts():
             with h5py.File(part, "r") as f:
                 attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
-            diffs = list(self.spec.differences(FeatureSpec.from_dict(attrs)))
+            theirs = FeatureSpec.from_dict(attrs)
+            diffs = list(self.spec.differences(theirs))
+            if theirs.pooled_layers != self.spec.pooled_layers:
+                diffs.append("pooled_layers")
             if AugmentSettings.from_attrs(attrs) != self.augment:
                 diffs.append("augmentation")
             if diffs:
@@ -428,42 +627,47 @@ class Staging:
                     f"directory to discard it"
                 )
 
-    def contents(self) -> tuple[set[str], dict[str, str], set[str]]:
-        """What the checkpoints hold: paths given features (extracted or duplicates), files
-        recorded as skipped (path -> reason), and the SHA-256 of every extracted image."""
-        rows: set[str] = set()
-        skips: dict[str, str] = {}
+    def contents(self) -> tuple[dict[str, Staged], set[str]]:
+        """What the checkpoints hold: per file the latest entry (a later checkpoint replaces
+        an earlier one's), and the SHA-256 of every extracted image."""
+        staged: dict[str, Staged] = {}
         shas: set[str] = set()
         for part in self.parts():
             with h5py.File(part, "r") as f:
-                rows.update(_strings(f["paths"]))
-                rows.update(_strings(f["dup_paths"]))
-                shas.update(_strings(f["sha256"]))
-                skips.update(zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]),
-                                 strict=True))
-        return rows, skips, shas
+                paths, sha = _strings(f["paths"]), _strings(f["sha256"])
+                shas.update(sha)
+                for p, s, st in zip(paths, sha, _read_stats(f, "", len(paths)), strict=True):
+                    staged[p] = Staged("row", s, st)
+                dups = _strings(f["dup_paths"])
+                for p, s, st in zip(dups, _strings(f["dup_sha256"]),
+                                    _read_stats(f, "dup_", len(dups)), strict=True):
+                    staged[p] = Staged("dup", s, st)
+                skips = _strings(f["skip_paths"])
+                for p, st in zip(skips, _read_stats(f, "skip_", len(skips)), strict=True):
+                    staged[p] = Staged("skip", "", st)
+        return staged, shas
 
     def write(self, cp: Checkpoint) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.parts()
         seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.dir / f"part-{seq:06d}.h5"
-        tmp, f = _atomic_h5(path)
-        with f:
-            for key, value in {**self.spec.to_dict(), **self.augment.to_attrs()}.items():
+        with atomic_h5(path) as f:
+            write_spec(f.attrs, self.spec)
+            for key, value in self.augment.to_attrs().items():
                 f.attrs[key] = value
             f.attrs["format"] = PART_FORMAT
-            feats = (
-                np.stack(cp.features)
-                if cp.features
-                else np.zeros((0, *self.spec.feature_shape), np.float32)
-            )
-            f.create_dataset("features", data=feats)
+            for name, (dataset, shape) in feature_datasets(self.spec).items():
+                rows = (np.stack([row[name] for row in cp.features]) if cp.features
+                        else np.zeros((0, *shape), np.float32))
+                f.create_dataset(dataset, data=rows)  # small and short-lived: not compressed
             for name in ("paths", "sha256", "dup_paths", "dup_sha256", "skip_paths",
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
             f.create_dataset("view", data=np.asarray(cp.views, dtype=np.int16))
-        _commit(tmp, path)
+            _write_stats(f, "", cp.stats)
+            _write_stats(f, "dup_", cp.dup_stats)
+            _write_stats(f, "skip_", cp.skip_stats)
         return path
 
     def clear(self) -> None:
@@ -488,6 +692,17 @@ class _Row:
     index: int  # row in that source's features
 
 
+@dataclasses.dataclass
+class _Entry:
+    """The latest word on one file among the sources: its rows, a duplicate, or a skip."""
+
+    kind: str  # "row", "dup" or "skip"
+    sha256: str = ""
+    stat: FileStat = UNKNOWN
+    reason: str = ""
+    views: dict[int, _Row] = dataclasses.field(default_factory=dict)
+
+
 def _views(f: h5py.File) -> NDArray[np.int16]:
     n = f["features"].shape[0]
     return np.asarray(f["view"][:], np.int16) if "view" in f else np.zeros(n, np.int16)
@@ -499,25 +714,33 @@ def consolidate(
     labels: Mapping[str, int],
     class_names: Sequence[str],
     extra_attrs: Mapping[str, Any],
+    verified: Mapping[str, FileStat] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Fold the previous cache and the checkpoints into a new cache file, atomically.
 
     `labels` maps every path that belongs in the cache (the folder as scanned now) to its label;
-    rows for files no longer in the folder are dropped. Returns (images, skipped files); with
-    augmented views an image has several rows.
+    rows for files no longer in the folder are dropped. For each file the latest source wins
+    (the cache, then the checkpoints in order), whether it gives rows, a duplicate or a skip.
+    `verified` gives fresh stats of files checked unchanged since they were recorded. Returns
+    (images, skipped files); with augmented views an image has several rows.
     """
     sources: list[h5py.File] = []
-    rows: dict[tuple[str, int], _Row] = {}
+    entries: dict[str, _Entry] = {}
     by_sha: dict[tuple[str, int], _Row] = {}
-    dups: list[tuple[str, str]] = []
-    skipped: dict[str, str] = {}
 
     def add_rows(f: h5py.File) -> None:
         sources.append(f)
         src = len(sources) - 1
         paths, shas, views = _strings(f["paths"]), _strings(f["sha256"]), _views(f)
+        stats = _read_stats(f, "", len(paths))
+        fresh: dict[str, _Entry] = {}
         for i, (p, s, v) in enumerate(zip(paths, shas, views.tolist(), strict=True)):
-            rows[(p, v)] = _Row(p, s, v, src, i)
+            row = _Row(p, s, v, src, i)
+            fresh.setdefault(p, _Entry("row", s, stats[i])).views[v] = row
+            # Features are found by content, also those of a row a newer one replaces: after
+            # `mv a b` and a new `a`, b's features are the old a's row (issue 11, item 6).
+            by_sha.setdefault((s, v), row)
+        entries.update(fresh)
 
     try:
         if cache_path.exists():
@@ -525,51 +748,63 @@ def consolidate(
         for part in staging.parts():
             f = h5py.File(part, "r")
             add_rows(f)
-            dups.extend(zip(_strings(f["dup_paths"]), _strings(f["dup_sha256"]), strict=True))
-            skipped.update(
-                zip(_strings(f["skip_paths"]), _strings(f["skip_reasons"]), strict=True)
-            )
-        for row in rows.values():
-            by_sha.setdefault((row.sha256, row.view), row)
-        for p, s in dups:
-            for v in range(staging.augment.views + 1):
-                if (s, v) not in by_sha:
-                    raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
-                                     f"whose features are missing; delete that directory and "
-                                     f"rerun")
-                src_row = by_sha[(s, v)]
-                rows[(p, v)] = _Row(p, s, v, src_row.source, src_row.index)
-        for key in [k for k in rows if k[0] in skipped]:
-            del rows[key]
+            dups = _strings(f["dup_paths"])
+            for p, s, st in zip(dups, _strings(f["dup_sha256"]), _read_stats(f, "dup_", len(dups)),
+                                strict=True):
+                entries[p] = _Entry("dup", s, st)
+            skips = _strings(f["skip_paths"])
+            for p, r, st in zip(skips, _strings(f["skip_reasons"]),
+                                _read_stats(f, "skip_", len(skips)), strict=True):
+                entries[p] = _Entry("skip", stat=st, reason=r)
 
-        keep = sorted(k for k in rows if k[0] in labels)
-        dropped = len({k[0] for k in rows}) - len({k[0] for k in keep})
+        keep: list[tuple[str, _Row, FileStat]] = []
+        skip_keep: list[tuple[str, str]] = []
+        for p in sorted(labels):
+            entry = entries.get(p)
+            if entry is None:
+                continue
+            if entry.kind == "skip":
+                skip_keep.append((p, entry.reason))
+                continue
+            if entry.kind == "dup":
+                for v in range(staging.augment.views + 1):
+                    if (entry.sha256, v) not in by_sha:
+                        raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
+                                         f"whose features are missing; delete that directory "
+                                         f"and rerun")
+                    entry.views[v] = by_sha[(entry.sha256, v)]
+            stat = (verified or {}).get(p, entry.stat)
+            keep.extend((p, entry.views[v], stat) for v in sorted(entry.views))
+        dropped = sum(1 for p, e in entries.items() if e.kind != "skip" and p not in labels)
         if dropped:
             logger.info("dropping the rows of %d files that are gone from the folder", dropped)
         spec = staging.spec
-        tmp, out = _atomic_h5(cache_path)
-        with out:
+        with atomic_h5(cache_path) as out:
             _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
             n = len(keep)
-            _create_datasets(out, n, spec.feature_shape)
-            _copy_features(out["features"], [rows[k] for k in keep], sources)
-            out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
-            _write_strings(out, "paths", [p for p, _ in keep])
-            _write_strings(out, "sha256", [rows[k].sha256 for k in keep])
-            out.create_dataset("view", data=np.array([v for _, v in keep], np.int16))
+            rows = [row for _, row, _ in keep]
+            for path, shape in feature_datasets(spec).values():
+                _copy_rows(_create_dataset(out, path, n, shape), rows, sources, path)
+            out.create_dataset("labels", data=np.array([labels[p] for p, _, _ in keep], np.int32))
+            _write_strings(out, "paths", [p for p, _, _ in keep])
+            _write_strings(out, "sha256", [row.sha256 for _, row, _ in keep])
+            out.create_dataset("view", data=np.array([row.view for _, row, _ in keep], np.int16))
+            _write_stats(out, "", [st for _, _, st in keep])
             grp = out.create_group("skipped")
-            skip_keep = sorted(p for p in skipped if p in labels)
-            _write_strings(grp, "paths", skip_keep)
-            _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
-        _commit(tmp, cache_path)
+            _write_strings(grp, "paths", [p for p, _ in skip_keep])
+            _write_strings(grp, "reasons", [r for _, r in skip_keep])
+            label_dims(out, spec)
     finally:
         for f in sources:
             f.close()
     staging.clear()
-    return len({p for p, _ in keep}), [(p, skipped[p]) for p in skip_keep]
+    return len({p for p, _, _ in keep}), skip_keep
 
 
-def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File]) -> None:
+def _copy_rows(
+    dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File], name: str
+) -> None:
+    """dest[k] = rows[k]'s row of dataset `name` in its source, a few chunks at a time."""
     # 8 chunks (~8 MiB) at a time: enough for fast sequential I/O, small enough that folding a
     # run into the cache adds little to extract's peak memory (BENCHMARKS.md, target 2).
     step = 8 * (dest.chunks[0] if dest.chunks else 1)
@@ -582,6 +817,6 @@ def _copy_features(dest: h5py.Dataset, rows: list[_Row], sources: list[h5py.File
         for src, ks in by_source.items():
             idx = np.array([block[k].index for k in ks], dtype=np.int64)
             order = np.argsort(idx, kind="stable")
-            data = _read_rows(sources[src]["features"], idx[order])
+            data = _read_rows(sources[src][name], idx[order])
             out[np.array(ks)[order]] = data
         dest[start : start + len(block)] = out

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from extractor.backbone import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS, RUNTIMES
+from extractor.features import DEFAULT_POOLED_LAYERS
 from extractor.runner import Summary
 from extractor.weights import IMAGENET, WEIGHTS_ENV
 
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square input size in pixels (default: %(default)s -> 4x4x512 features)")
     p.add_argument("--layer", choices=LAYERS, default=DEFAULT_LAYER,
                    help="layer whose output is cached (default: %(default)s)")
+    p.add_argument("--pooled-layers", type=pooled_layers, default=None,
+                   metavar="LAYER[,LAYER...]|none",
+                   help="also store the global average and max pooled vectors of these layers "
+                   f"(of {', '.join(LAYERS)}), from the same forward pass, or none (default: "
+                   "those of the existing cache; for a new cache "
+                   f"{','.join(DEFAULT_POOLED_LAYERS)})")
     p.add_argument("--batch-size", type=int, default=16,
                    help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2,
@@ -63,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "image and --augment-seed (default: %(default)s)")
     p.add_argument("--augment-seed", type=int, default=0,
                    help="seed of the augmented views (default: %(default)s)")
-    p.add_argument("--augment-mode", choices=("recipe", "dihedral"), default="recipe",
+    p.add_argument("--augment-mode", choices=("recipe", "dihedral", "flips"), default="recipe",
                    help="recipe: rotations up to 40 degrees, shifts, shear, zoom, flips; "
-                   "dihedral: flips and quarter turns only, for images with no canonical "
-                   "orientation (default: %(default)s)")
+                   "dihedral: flips and quarter turns only (K at most 7), for images with no "
+                   "canonical orientation; flips: the mirror image only (K = 1), for photos "
+                   "that have an up (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=512, metavar="N",
                    help="save progress every N files (and at least every minute) so an "
                    "interrupted run loses little (default: %(default)s)")
@@ -74,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar and no summary; errors only")
     add_engine_args(p)
     return p
+
+
+def pooled_layers(value: str) -> tuple[str, ...]:
+    """`--pooled-layers`: comma-separated layer names, or `none`."""
+    if value.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in LAYERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"choose layers among {', '.join(LAYERS)} (comma-separated) or none; got {value!r}")
+    return names
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
                                  f"got {getattr(args, name)}")
     if args.augment < 0:
         build_parser().error(f"--augment must be 0 or more; got {args.augment}")
+    if args.augment:
+        from extractor.augment import check
+
+        try:
+            check(args.augment_mode, args.augment)
+        except ValueError as exc:
+            build_parser().error(str(exc))
     if args.augment and args.engine == "ray":
         build_parser().error("--augment runs on the local engine only; leave out --engine ray")
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
@@ -120,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         layer=args.layer, batch_size=args.batch_size, workers=args.workers,
         checkpoint_every=args.checkpoint_every, progress=not args.quiet, runtime=args.runtime,
         augment=args.augment, augment_seed=args.augment_seed, augment_mode=args.augment_mode,
+        pooled_layers=args.pooled_layers,
     )
     try:
         if args.engine == "ray":

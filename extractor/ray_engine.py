@@ -13,6 +13,7 @@ Validation (`runner.plan`), file listing, labels and cache attributes are the lo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
 from extractor import shards as sh
 from extractor.runner import (
     ExtractError,
@@ -32,9 +34,11 @@ from extractor.runner import (
     Summary,
     _extra_attrs,
     decode_bytes,
+    lock_output,
     plan,
 )
 from extractor.spec import FeatureSpec
+from extractor.walk import UNKNOWN, FileStat, identity
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +74,12 @@ class ShardWriter:
     """A Ray Data actor: bytes batch -> decoded -> conv base -> one shard. Returns a manifest."""
 
     def __init__(self, weights: str, spec: dict[str, Any], root: str, out_dir: str,
-                 batch_size: int, threads: int) -> None:
+                 batch_size: int, threads: int, started_ns: int | None = None) -> None:
         from extractor.backbone import ConvBase
 
         self.spec = FeatureSpec.from_dict(spec)
         self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads)
+                             threads=threads, pooled_layers=self.spec.pooled_layers)
         diffs = self.spec.differences(self.conv.spec)
         if diffs:
             raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
@@ -83,6 +87,15 @@ class ShardWriter:
         self.root = root.rstrip("/")
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
+        #: When the job started: a file modified since may have changed after Ray read it, so
+        #: its mtime is recorded as unknown (extractor.walk.identity).
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
+
+    def _stat(self, rel: str) -> FileStat:
+        try:
+            return identity(os.stat(os.path.join(self.root, rel)), self.started_ns)
+        except OSError:
+            return UNKNOWN
 
     def _rel(self, path: str) -> str:
         if path.startswith(self.root + "/"):
@@ -101,15 +114,17 @@ class ShardWriter:
             if it.sha256 not in first and it.pixels is not None:
                 first[it.sha256] = len(unique)
                 unique.append(it.pixels)
-        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))[self.spec.layer]
+        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
                   for i in range(0, len(unique), self.batch_size)]
-        feats = (np.concatenate(chunks) if chunks
-                 else np.zeros((0, *self.spec.feature_shape), np.float32))
+        feats = ({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+                 if chunks else named.empty(self.spec))
         # Files with the same bytes share one forward pass, and each gets its own row.
-        rows = feats[[first[it.sha256] for it in good]] if good else feats
+        index = [first[it.sha256] for it in good]
+        rows = {name: arr[index] for name, arr in feats.items()}
         shard = sh.write_shard(self.out_dir, self.spec, [it.path for it in good],
                                [it.sha256 for it in good], rows,
-                               [(p, r) for p, r in skipped if r is not None])
+                               [(p, r) for p, r in skipped if r is not None],
+                               [self._stat(it.path) for it in good])
         return {
             "shard": np.array([str(shard)]),
             "files": np.array([len(items)]),
@@ -121,7 +136,11 @@ class ShardWriter:
 
 def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
     """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there."""
-    ray_opts = ray_opts or RayOptions()
+    with lock_output(opts.out):
+        return _run(opts, ray_opts or RayOptions())
+
+
+def _run(opts: Options, ray_opts: RayOptions) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     sdir = ray_opts.shards_dir or sh.shards_dir(opts.out)
@@ -167,14 +186,31 @@ def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
 
 
 def _done(root: Path, shards: list[sh.Shard]) -> tuple[set[str], set[str]]:
-    """Paths the shards account for, and skipped ones changed since (tried again)."""
+    """Paths the shards account for, and those changed since they were read (tried again):
+    rows whose file's size or mtime differs from the newest shard's record (or, when its mtime
+    is unknown, whose bytes differ), and skipped files modified after their shard was written."""
     rows: set[str] = set()
     skipped_at: dict[str, float] = {}
+    recorded: dict[str, tuple[str, FileStat | None]] = {}
     for shard in shards:
         rows.update(shard.paths)
+        for i, (p, sha) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
+            recorded[p] = (sha, shard.stats[i] if shard.stats is not None else None)
+    for shard in shards:
         for p in shard.skipped:
             skipped_at[p] = max(skipped_at.get(p, 0.0), shard.mtime)
     retry = set()
+    for p, (sha, stat) in recorded.items():
+        if stat is None:
+            continue  # a shard from before stats were kept: trusted, as it always was
+        try:
+            file = root / p
+            if stat.matches(file.stat()):
+                continue
+            if stat.known or hashlib.sha256(file.read_bytes()).hexdigest() != sha:
+                retry.add(p)
+        except OSError:
+            continue  # gone: dropped from the cache by the merge
     for p, when in skipped_at.items():
         if p in rows:
             continue
@@ -235,7 +271,7 @@ def _extract(
             fn_constructor_kwargs=dict(
                 weights=str(weights_path), spec=spec.to_dict(), root=root_s,
                 out_dir=str(sdir.resolve()), batch_size=opts.batch_size,
-                threads=max(1, math.ceil(cpus)),
+                threads=max(1, math.ceil(cpus)), started_ns=time.time_ns(),
             ),
             batch_size=opts.checkpoint_every,
             batch_format="numpy",
@@ -274,7 +310,6 @@ def _record_vanished(
     if present:
         raise ExtractError(f"{len(present)} file(s) came back from no worker (first: "
                            f"{present[0]}); run the same command again to extract them")
-    empty = np.zeros((0, *spec.feature_shape), np.float32)
-    sh.write_shard(sdir, spec, [], [], empty,
+    sh.write_shard(sdir, spec, [], [], named.empty(spec),
                    [(p, "unreadable file: gone before it was read") for p in lost])
     return True

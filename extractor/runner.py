@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +23,28 @@ from numpy.typing import NDArray
 
 from extractor import augment as aug
 from extractor import backbone as bb
+from extractor import locking
+from extractor.atomic import remove_stale_temps
 from extractor.cache import (
     AugmentSettings,
     Checkpoint,
     Staging,
+    as_features,
     consolidate,
     open_cache,
 )
-from extractor.features import Features
+from extractor.features import DEFAULT_POOLED_LAYERS, Features
 from extractor.images import ImageError, decode_image
 from extractor.spec import FeatureSpec
-from extractor.walk import Listing, scan
+from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
 from extractor.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
-#: Pixels -> named features (`extractor.features`); a plain array is taken as the main maps.
-FeatureFn = Callable[[NDArray[np.uint8]], "Features | NDArray[np.float32]"]
-
-
-def main_maps(out: Features | NDArray[np.float32], layer: str) -> NDArray[np.float32]:
-    """The main layer's maps from a feature function's result."""
-    return out[layer] if isinstance(out, Mapping) else out
+#: Pixels -> named features (`extractor.features`): the maps of the spec's layer and the
+#: pooled vectors of its pooled_layers (the main layer's poolings may be left out: they are
+#: derived from its maps).
+FeatureFn = Callable[[NDArray[np.uint8]], Features]
 
 
 class ExtractError(RuntimeError):
@@ -66,13 +67,17 @@ class Options:
     #: Augmented views stored per image besides the image itself, and the seed drawing them.
     augment: int = 0
     augment_seed: int = 0
-    augment_mode: str = "recipe"  # or "dihedral" (extractor.augment)
+    augment_mode: str = "recipe"  # or "dihedral", "flips" (extractor.augment)
+    #: Layers whose global average and max pooled vectors are stored beside the maps. None:
+    #: those of the existing cache, or `extractor.features.DEFAULT_POOLED_LAYERS` for a new one.
+    pooled_layers: tuple[str, ...] | None = None
 
     @property
     def augmentation(self) -> AugmentSettings:
         if not self.augment:
             return AugmentSettings()
-        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode))
+        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode),
+                               self.augment_mode)
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
 
@@ -85,7 +90,7 @@ class Summary:
     duplicates: int = 0  # files whose bytes matched an image already extracted
     already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
     removed: int = 0  # rows dropped because their files left the folder
-    #: Cached files whose bytes changed since the cache was written: extracted again.
+    #: Cached (or checkpointed) files whose bytes changed since they were read: extracted again.
     changed: set[str] = dataclasses.field(default_factory=set)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     elapsed_s: float = 0.0  # whole run, model loading included
@@ -107,6 +112,8 @@ class LoadedFile:
     error: str | None
     #: Augmented views 1..K of `pixels` (empty without --augment).
     views: list[NDArray[np.uint8]] = dataclasses.field(default_factory=list)
+    #: Size and mtime of the file as read (recorded, to notice later changes).
+    stat: FileStat = UNKNOWN
 
     @property
     def rows(self) -> list[NDArray[np.uint8]]:
@@ -131,11 +138,18 @@ def load_file(
     root: Path, rel: str, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
 ) -> LoadedFile:
     """Read one file and `decode_bytes` it; an unreadable file is recorded, not raised."""
+    read_at = time.time_ns()
     try:
-        data = (root / rel).read_bytes()
+        with open(root / rel, "rb") as fh:
+            data = fh.read()
+            # After the read: a file modified while it was read gets an mtime past `read_at`,
+            # recorded as unknown, so the next run checks it again.
+            st = os.fstat(fh.fileno())
     except OSError as exc:
         return LoadedFile(rel, "", None, f"unreadable file: {exc.strerror or exc}")
-    return decode_bytes(rel, data, size, augment, seed, mode)
+    loaded = decode_bytes(rel, data, size, augment, seed, mode)
+    loaded.stat = identity(st, read_at)
+    return loaded
 
 
 def _check_output(out: Path) -> None:
@@ -157,17 +171,24 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     if not listing.labels:
         raise ExtractError(f"no files found in {opts.directory}")
     _check_output(opts.out)
+    theirs: FeatureSpec | None = None
+    if opts.out.exists():
+        # Settings only: a merged cache that lost shards is refused where its rows are read.
+        with open_cache(opts.out, check_sources=False) as cache:
+            theirs = cache.spec
+            theirs_augment = cache.augmentation
+    pooled = opts.pooled_layers
+    if pooled is None:
+        pooled = theirs.pooled_layers if theirs is not None else DEFAULT_POOLED_LAYERS
     try:
-        bb.validate(opts.layer, opts.image_size)
+        aug.check(opts.augment_mode, opts.augment)
+        bb.validate(opts.layer, opts.image_size, tuple(pooled))
         runtime = bb.resolve_runtime(opts.runtime)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
     weights_path = resolve_weights(opts.weights)
-    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime)
-    if opts.out.exists():
-        with open_cache(opts.out) as cache:
-            theirs = cache.spec
-            theirs_augment = cache.augmentation
+    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime, tuple(pooled))
+    if theirs is not None:
         diffs = spec.differences(theirs)
         if diffs:
             detail = "; ".join(
@@ -176,6 +197,16 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
             raise ExtractError(
                 f"{opts.out} was made with other settings ({detail}). Features made differently "
                 f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
+            )
+        if theirs.pooled_layers != spec.pooled_layers:
+            def show(layers: tuple[str, ...]) -> str:
+                return ",".join(layers) or "none"
+
+            raise ExtractError(
+                f"{opts.out} holds the pooled vectors of other layers (pooled_layers: cache has "
+                f"{show(theirs.pooled_layers)}, this run {show(spec.pooled_layers)}). A cache "
+                f"never mixes them: pass --pooled-layers {show(theirs.pooled_layers)} (or leave "
+                f"it out) to extend it, choose another --out, or delete {opts.out} to rebuild it."
             )
         if theirs_augment != opts.augmentation:
             raise ExtractError(
@@ -189,58 +220,102 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     return listing, spec, weights_path
 
 
+@contextlib.contextmanager
+def lock_output(out: Path) -> Iterator[None]:
+    """Be the only run writing `out` (and its checkpoints or shards) for the block."""
+    _check_output(out)
+    try:
+        with locking.exclusive(out):
+            # Nobody else writes `out` now: a temporary beside it is a killed run's leftover.
+            for stale in remove_stale_temps(out):
+                logger.info("removed %s, left by an interrupted run", stale.name)
+            yield
+    except locking.Busy as exc:
+        raise ExtractError(
+            f"{out} is being written by another extract ({exc.holder}); wait for it to finish, "
+            f"or choose another --out (lock file: {exc.lock})"
+        ) from None
+
+
 def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
     """Extract `opts.directory` into `opts.out`, resuming whatever a previous run left."""
+    with lock_output(opts.out):
+        return _run(opts, features_fn)
+
+
+def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     summary = Summary(out=opts.out, class_names=listing.class_names)
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    previous: dict[str, str] = {}  # path -> sha256 of the files the cache holds
+    previous: dict[str, tuple[str, FileStat]] = {}  # path -> (sha256, stat) of cached files
     previous_skipped: set[str] = set()
     previous_classes: list[str] | None = None
+    since: int | None = None  # caches without recorded stats: the old watermark, their mtime
     if opts.out.exists():
         with open_cache(opts.out) as cache:
-            previous = dict(zip(cache.paths, cache.sha256, strict=True))
+            stats = cache.file_stats
+            if stats is None:
+                since = opts.out.stat().st_mtime_ns
+                stats = [UNKNOWN] * len(cache)
+            previous = dict(zip(cache.paths, zip(cache.sha256, stats, strict=True), strict=True))
             previous_skipped = {p for p, _ in cache.skipped}
             previous_classes = cache.class_names
     staging = Staging(opts.out, spec, opts.augmentation)
-    staged_rows, staged_skips, part_shas = staging.contents()
-    done = staged_rows | set(staged_skips)
-    summary.changed = _changed_since(opts.out, listing, previous) if previous else set()
-    todo = [p for p in listing.labels
-            if (p not in previous or p in summary.changed) and p not in done]
+    staged, part_shas = staging.contents()
+    todo: list[str] = []
+    verified: dict[str, FileStat] = {}
+    for path in listing.labels:
+        entry = staged.get(path)
+        recorded: tuple[str | None, FileStat, int | None]
+        if entry is not None:
+            recorded = (entry.sha256 or None, entry.stat, None)
+        elif path in previous:
+            recorded = (*previous[path], since)
+        else:
+            todo.append(path)
+            continue
+        same, fresh = _unchanged(listing.root / path, *recorded)
+        if same:
+            if fresh is not None:
+                verified[path] = fresh
+            continue
+        todo.append(path)
+        if entry is None or entry.kind != "skip":
+            summary.changed.add(path)
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
     summary.removed = sum(1 for p in previous if p not in listing.labels)
 
     if todo:
         if features_fn is None:
-            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime)
+            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime,
+                                      pooled_layers=spec.pooled_layers)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
             staging.spec = dataclasses.replace(staging.spec, runtime=made_by)
             summary.runtime = made_by
-        seen = set(previous.values()) | part_shas
+        seen = {sha for sha, _ in previous.values()} | part_shas
         t_loop = time.perf_counter()
         try:
             _extract(opts, listing, todo, seen, staging, features_fn, summary)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
-    staged_rows, staged_skips, _ = staging.contents()
+    staged, _ = staging.contents()
     changed = (
-        bool(staged_rows)
-        or set(staged_skips) != previous_skipped
+        any(e.kind != "skip" for e in staged.values())
+        or {p for p, e in staged.items() if e.kind == "skip"} != previous_skipped
         or summary.removed > 0
         or previous_classes != listing.class_names
     )
     if changed:
         summary.total, summary.skipped = consolidate(
             opts.out, staging, listing.labels, listing.class_names,
-            _extra_attrs(opts, weights_path),
+            _extra_attrs(opts, weights_path), verified,
         )
     else:
         # Nothing new: files that failed before failed again; keep the cache file as it is.
@@ -251,27 +326,32 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
     return summary
 
 
-def _changed_since(out: Path, listing: Listing, previous: dict[str, str]) -> set[str]:
-    """Cached files modified after the cache file was written and whose bytes now differ.
+def _unchanged(
+    file: Path, sha256: str | None, recorded: FileStat, since_ns: int | None
+) -> tuple[bool, FileStat | None]:
+    """Whether `file` still holds what was recorded of it, and its stat to record when checked.
 
-    Only files with a newer modification time are read and hashed, so a re-run over an
-    unchanged folder reads no image. (A file replaced by one carrying an older timestamp, as
-    `cp -p` or `rsync -t` may leave it, is not noticed: delete the cache to rebuild.)
+    Same size and mtime as recorded: unchanged, without reading it. Otherwise (or when the
+    recorded mtime is unknown) its bytes are hashed and compared. `sha256` None: a file recorded
+    as unusable, tried again whenever it looks changed. `since_ns`: a cache made before stats
+    were recorded trusts files older than itself, as it always did.
     """
-    since = out.stat().st_mtime_ns
-    changed: set[str] = set()
-    for path, sha in previous.items():
-        if path not in listing.labels:
-            continue
-        file = listing.root / path
-        try:
-            if file.stat().st_mtime_ns < since:
-                continue
-            if hashlib.sha256(file.read_bytes()).hexdigest() != sha:
-                changed.add(path)
-        except OSError:
-            changed.add(path)  # unreadable now: extract it again, which records why
-    return changed
+    checked_at = time.time_ns()
+    try:
+        st = file.stat()
+    except OSError:
+        return False, None  # unreadable now: extract it again, which records why
+    if recorded.matches(st):
+        return True, None
+    if since_ns is not None and st.st_mtime_ns < since_ns:
+        return True, identity(st, checked_at)
+    if sha256 is None:
+        return False, None
+    try:
+        same = hashlib.sha256(file.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False, None
+    return (True, identity(st, checked_at)) if same else (False, None)
 
 
 def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
@@ -304,7 +384,8 @@ def _extract(
     pending: list[LoadedFile] = []  # decoded, waiting for a full batch
     pending_rows = 0  # images and their views in `pending`
     pending_shas: set[str] = set()
-    pending_dups: list[tuple[str, str]] = []  # duplicates of images still in `pending`
+    # Duplicates of images still in `pending`: (path, sha256, stat).
+    pending_dups: list[tuple[str, str, FileStat]] = []
     last_flush = time.monotonic()
     window = max(opts.batch_size * 4, opts.workers * 4)
 
@@ -313,18 +394,26 @@ def _extract(
         if not pending:
             return
         batch = np.stack([px for item in pending for px in item.rows])
-        feats = iter(main_maps(features_fn(batch), staging.spec.layer))
+        try:
+            feats = as_features(features_fn(batch), staging.spec, len(batch))
+        except ValueError as exc:
+            raise ExtractError(f"the conv base does not give the features this cache stores: "
+                               f"{exc}") from None
+        row = 0
         for item in pending:
             for view in range(len(item.rows)):
                 cp.paths.append(item.path)
                 cp.sha256.append(item.sha256)
                 cp.views.append(view)
-                cp.features.append(next(feats))
+                cp.stats.append(item.stat)
+                cp.features.append({name: arr[row] for name, arr in feats.items()})
+                row += 1
         summary.extracted += len(pending)
         pending_rows = 0
-        for path, sha in pending_dups:
+        for path, sha, stat in pending_dups:
             cp.dup_paths.append(path)
             cp.dup_sha256.append(sha)
+            cp.dup_stats.append(stat)
         pending.clear()
         pending_shas.clear()
         pending_dups.clear()
@@ -356,12 +445,14 @@ def _extract(
             if item.error is not None:
                 cp.skip_paths.append(item.path)
                 cp.skip_reasons.append(item.error)
+                cp.skip_stats.append(item.stat)
             elif item.sha256 in pending_shas:
-                pending_dups.append((item.path, item.sha256))
+                pending_dups.append((item.path, item.sha256, item.stat))
                 summary.duplicates += 1
             elif item.sha256 in seen:
                 cp.dup_paths.append(item.path)
                 cp.dup_sha256.append(item.sha256)
+                cp.dup_stats.append(item.stat)
                 summary.duplicates += 1
             else:
                 pending.append(item)

@@ -4,16 +4,19 @@ A distributed run writes one shard per batch of files into `<cache>.shards/` (or
 user names). A shard has the cache's layout without `labels`:
 
     /features         (K, H, W, C) float32, gzip level 1, the row of each path below
+    /pooled/<layer>/avg|max  (K, C) float32: pooled vectors of the spec's pooled_layers
     /paths, /sha256   (K,) the files the rows belong to (relative to the extracted folder)
+    /file_size, /file_mtime_ns  (K,) each file's size and mtime when read (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
     attributes        format = featcache-shard/1 and the feature spec
 
 A plain cache (`featcache/1`) has the same datasets, so a previous self-contained cache can be
 used as a shard too. `merge` writes the cache file itself: `labels`, `paths`, `sha256` and
-`/skipped` as ordinary datasets, and `features` as a virtual dataset that maps every row, in
-path order, onto a shard. Source file names are stored relative to the cache file's folder, so
-the cache and its shards folder can be moved together, never apart. A missing shard would read
+`/skipped` as ordinary datasets, and `features` and every `pooled/...` dataset as virtual
+datasets that map every row, in path order, onto a shard. Source file names are stored
+relative to the cache file's folder, so the cache and its shards folder can be moved together,
+never apart. A missing shard would read
 back as NaN (the fill value) with no error from HDF5, so every shard is opened and checked
 before the merged file is written, and `missing_sources` checks a merged file before use.
 """
@@ -33,20 +36,28 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor.atomic import atomic_h5
 from extractor.cache import (
     FORMAT,
     CacheError,
-    _atomic_h5,
     _chunk_rows,
-    _commit,
-    _create_datasets,
+    _create_dataset,
     _from_attr,
+    _read_stats,
     _set_attrs,
     _strings,
+    _write_stats,
     _write_strings,
+    feature_datasets,
+    label_dims,
+    lost_sources_message,
     write_rows,
+    write_spec,
 )
+from extractor.cache import missing_sources as cache_missing_sources
+from extractor.features import Features
 from extractor.spec import FeatureSpec
+from extractor.walk import UNKNOWN, FileStat
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +84,17 @@ def write_shard(
     spec: FeatureSpec,
     paths: Sequence[str],
     sha256: Sequence[str],
-    features: NDArray[np.float32],
+    features: Features | NDArray[np.float32],
     skipped: Sequence[tuple[str, str]],
+    file_stats: Sequence[FileStat] | None = None,
 ) -> Path:
     """Write one shard atomically (temporary name, then rename) and return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / shard_name([*paths, *(p for p, _ in skipped)])
-    tmp, f = _atomic_h5(path)
-    with f:
-        for key, value in spec.to_dict().items():
-            f.attrs[key] = value
+    with atomic_h5(path) as f:
+        write_spec(f.attrs, spec)
         f.attrs["format"] = SHARD_FORMAT
-        write_rows(f, spec, features, paths, sha256, skipped)
-    _commit(tmp, path)
+        write_rows(f, spec, features, paths, sha256, skipped, file_stats)
     return path
 
 
@@ -96,6 +105,8 @@ class Shard:
     sha256: list[str]
     skipped: dict[str, str]
     mtime: float
+    #: Each row's file size and mtime when read; None for shards made before they were kept.
+    stats: list[FileStat] | None = None
 
 
 def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
@@ -117,13 +128,21 @@ def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
             raise ShardError(f"shard {path} is incomplete: {f['features'].shape[0]} feature rows "
                              f"for {len(paths)} paths")
         if spec is not None:
-            diffs = spec.differences(FeatureSpec.from_dict(attrs))
+            theirs = FeatureSpec.from_dict(attrs)
+            diffs = list(spec.differences(theirs))
+            if theirs.pooled_layers != spec.pooled_layers:
+                diffs.append("pooled_layers")
+            for dataset, _ in feature_datasets(spec).values():
+                if dataset not in f or f[dataset].shape[0] != len(paths):
+                    raise ShardError(f"shard {path} is incomplete: no {len(paths)} rows of "
+                                     f"{dataset}")
             if diffs:
                 raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
                                  " delete it or use another shards folder")
         skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
                            strict=True))
-    return Shard(path, paths, sha, skipped, path.stat().st_mtime)
+        stats = _read_stats(f, "", len(paths)) if "file_size" in f else None
+    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats)
 
 
 def list_shards(directory: Path) -> list[Path]:
@@ -158,6 +177,7 @@ class _Row:
     sha256: str
     shard: int
     index: int
+    stat: FileStat = UNKNOWN
 
 
 def merge(
@@ -176,36 +196,40 @@ def merge(
     rows: dict[str, _Row] = {}
     skipped: dict[str, str] = {}
     for k, shard in enumerate(shards):
+        stats = shard.stats or [UNKNOWN] * len(shard.paths)
         for i, (p, s) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
-            rows[p] = _Row(s, k, i)
+            rows[p] = _Row(s, k, i, stats[i])
         skipped.update(shard.skipped)
     keep = sorted(p for p in rows if p in labels)
     skip_keep = sorted(p for p in skipped if p in labels and p not in rows)
     n = len(keep)
     base = cache_path.parent
-    tmp, out = _atomic_h5(cache_path)
-    with out:
+    with atomic_h5(cache_path) as out:
         _set_attrs(out, spec, class_names, extra_attrs)
-        if n:
-            layout = h5py.VirtualLayout(shape=(n, *spec.feature_shape), dtype=np.float32)
-            for dst, src, count, k in _runs([rows[p] for p in keep]):
+        runs = _runs([rows[p] for p in keep])
+        for dataset, shape in feature_datasets(spec).values():
+            if not n:
+                _create_dataset(out, dataset, 0, shape)
+                continue
+            layout = h5py.VirtualLayout(shape=(n, *shape), dtype=np.float32)
+            for dst, src, count, k in runs:
                 shard = shards[k]
-                source = h5py.VirtualSource(
-                    os.path.relpath(shard.path, base), "features",
-                    shape=(len(shard.paths), *spec.feature_shape),
-                )
+                source = h5py.VirtualSource(os.path.relpath(shard.path, base), dataset,
+                                            shape=(len(shard.paths), *shape))
                 layout[dst : dst + count] = source[src : src + count]
+            parent, _, leaf = dataset.rpartition("/")
+            group = out.require_group(parent) if parent else out
             # NaN, not 0: ReLU features are mostly zeros, so a zero fill would pass for data.
-            out.create_virtual_dataset("features", layout, fillvalue=np.nan)
-        else:
-            _create_datasets(out, 0, spec.feature_shape)
+            group.create_virtual_dataset(leaf, layout, fillvalue=np.nan)
         out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
         _write_strings(out, "paths", keep)
         _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
+        _write_stats(out, "", [rows[p].stat for p in keep])
+        out.create_dataset("view", data=np.zeros(n, np.int16))  # no augmented views on Ray
         grp = out.create_group("skipped")
         _write_strings(grp, "paths", skip_keep)
         _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
-    _commit(tmp, cache_path)
+        label_dims(out, spec)
     return n, [(p, skipped[p]) for p in skip_keep]
 
 
@@ -230,49 +254,38 @@ def is_virtual(cache_path: Path) -> bool:
 def missing_sources(cache_path: Path) -> list[Path]:
     """Shard files a merged cache maps rows onto that cannot be opened (empty: all there)."""
     with h5py.File(cache_path, "r") as f:
-        ds = f["features"]
-        if not ds.is_virtual:
-            return []
-        names = sorted({m.file_name for m in ds.virtual_sources()})
-    missing = []
-    for name in names:
-        path = cache_path.parent / name
-        try:
-            with h5py.File(path, "r") as src:
-                src["features"]  # opening the dataset is the check
-        except (OSError, KeyError):
-            missing.append(path)
-    return missing
+        return cache_missing_sources(f, cache_path)
 
 
 def check_sources(cache_path: Path) -> None:
     """Raise `ShardError` when a merged cache's shards are not all readable."""
     missing = missing_sources(cache_path)
     if missing:
-        raise ShardError(
-            f"{cache_path} is a merged cache whose rows live in shard files, and "
-            f"{len(missing)} of them cannot be read (first: {missing[0]}); its features would "
-            "read back as NaN. Keep the cache next to its shards folder, or run extract again "
-            "to re-extract the files they held"
-        )
+        raise ShardError(lost_sources_message(cache_path, missing))
 
 
 def make_self_contained(cache_path: Path) -> None:
     """Replace a merged cache by a plain copy holding its features (then shards are not needed)."""
     check_sources(cache_path)
-    tmp, out = _atomic_h5(cache_path)
-    with h5py.File(cache_path, "r") as src, out:
+    with h5py.File(cache_path, "r") as src, atomic_h5(cache_path) as out:
         for key, value in src.attrs.items():
             out.attrs[key] = value
-        feats = src["features"]
-        n, shape = feats.shape[0], feats.shape[1:]
-        _create_datasets(out, n, shape)
-        step = max(1024, _chunk_rows(shape))
-        for start in range(0, n, step):
-            out["features"][start : start + step] = feats[start : start + step]
-        for name in ("labels", "paths", "sha256", "skipped"):
-            src.copy(src[name], out, name)
-    _commit(tmp, cache_path)
+        spec = FeatureSpec.from_dict({k: _from_attr(v) for k, v in src.attrs.items()})
+        for dataset, shape in feature_datasets(spec).values():
+            feats = src[dataset]
+            n = feats.shape[0]
+            dest = _create_dataset(out, dataset, n, shape)
+            step = max(1024, _chunk_rows(shape))
+            for start in range(0, n, step):
+                dest[start : start + step] = feats[start : start + step]
+        # Values, not HDF5 copies: a copy would keep dimension-scale references into `src`.
+        for name in ("labels", "view", "file_size", "file_mtime_ns"):
+            if name in src:
+                out.create_dataset(name, data=src[name][:])
+        for name in ("paths", "sha256", "skipped/paths", "skipped/reasons"):
+            _write_strings(out.require_group(name.rpartition("/")[0] or "/"),
+                           name.rpartition("/")[2], _strings(src[name]))
+        label_dims(out, spec)
 
 
 def remove_shards(directory: Path) -> None:

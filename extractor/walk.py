@@ -1,10 +1,42 @@
-"""Folder -> the list of files to extract, with labels, as Keras's image-folder loaders see it."""
+"""Folder -> the list of files to extract, with labels, as Keras's image-folder loaders see it;
+and a file's identity (size, modification time) to tell later whether it changed."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+from typing import NamedTuple
+
+
+class FileStat(NamedTuple):
+    """What a cache records of a file when it reads it: size and mtime in ns (-1: unknown)."""
+
+    size: int
+    mtime_ns: int
+
+    @property
+    def known(self) -> bool:
+        return self.mtime_ns >= 0
+
+    def matches(self, st: os.stat_result) -> bool:
+        """The file still looks as recorded (same size and mtime); never when unknown."""
+        return self.known and (self.size, self.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+UNKNOWN = FileStat(-1, -1)
+#: A file modified less than this before it was read could be modified again within the same
+#: timestamp tick (coarse kernel clocks; 2 s on FAT, 1 s on some NFS servers) and keep its mtime:
+#: its mtime is recorded as unknown, so the next run hashes it instead of trusting it ("racy
+#: git" has the same rule).
+RACY_NS = 2_000_000_000
+
+
+def identity(st: os.stat_result, read_at_ns: int) -> FileStat:
+    """The FileStat to record for a file read (or hashed) from `read_at_ns` on (time.time_ns)."""
+    if st.st_mtime_ns >= read_at_ns - RACY_NS:
+        return FileStat(st.st_size, -1)
+    return FileStat(st.st_size, st.st_mtime_ns)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,10 +32,12 @@ def elpv_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def conv_base(weights_path: Path):
-    """The real conv base, built once (TensorFlow start-up and weight loading take seconds)."""
+    """The real conv base, built once (TensorFlow start-up and weight loading take seconds),
+    giving the pooled vectors `extract` stores by default besides the block5_pool maps."""
     from extractor.backbone import ConvBase
+    from extractor.features import DEFAULT_POOLED_LAYERS
 
-    return ConvBase(weights_path)
+    return ConvBase(weights_path, pooled_layers=DEFAULT_POOLED_LAYERS)
 
 
 @pytest.fixture(scope="session")

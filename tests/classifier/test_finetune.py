@@ -24,7 +24,7 @@ def block4_cache(small_image_dir: Path, weights_path: Path,
     out = tmp_path_factory.mktemp("b4") / "b4.h5"
     base = ConvBase(weights_path, layer="block4_pool", runtime="keras")
     run(Options(directory=small_image_dir, out=out, layer="block4_pool", progress=False,
-                runtime="keras", weights=str(weights_path)), features_fn=base)
+                runtime="keras", weights=str(weights_path), pooled_layers=()), features_fn=base)
     return out
 
 

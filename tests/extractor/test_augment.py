@@ -113,3 +113,74 @@ def test_augment_mode_is_part_of_the_cache_settings(tmp_path: Path) -> None:
         assert cache.augmentation.description.startswith("dihedral")
     with pytest.raises(ExtractError, match="augment-mode"):
         run(opts(folder, out, augment=2), features_fn=fake_features)
+
+
+def test_augment_mode_attribute_and_old_caches(tmp_path: Path) -> None:
+    import h5py
+
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    for mode, k in (("recipe", 2), ("dihedral", 3), ("flips", 1)):
+        out = tmp_path / f"{mode}.h5"
+        run(opts(folder, out, augment=k, augment_mode=mode), features_fn=fake_features)
+        with h5py.File(out, "r") as f:
+            assert f.attrs["augment_mode"] == mode
+        with h5py.File(out, "a") as f:  # as a cache written before the attribute existed
+            del f.attrs["augment_mode"]
+        with open_cache(out) as cache:
+            assert (cache.augmentation.mode, cache.augmentation.views) == (mode, k)
+        again = run(opts(folder, out, augment=k, augment_mode=mode), features_fn=fake_features)
+        assert again.extracted == 0  # the derived mode matches: the cache is extended, as before
+    run(opts(folder, tmp_path / "plain.h5"), features_fn=fake_features)
+    with open_cache(tmp_path / "plain.h5") as cache:
+        assert cache.augmentation.mode == "none" and cache.augmentation.views == 0
+
+
+def test_flips_mode_stores_the_mirror_image(tmp_path: Path) -> None:
+    from extractor.augment import make_view
+    from extractor.images import decode_image
+
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, augment=1, augment_mode="flips"), features_fn=fake_features)
+    with open_cache(out) as cache:
+        assert len(cache) == 8 and cache.views.tolist() == [0, 1] * 4
+        x = cache.read_named(["block5_pool", "block3_pool/max"])
+        paths = cache.paths
+    pixels = decode_image((folder / paths[1]).read_bytes(), SIZE)
+    mirror = make_view(pixels, "any", 1, seed=0, mode="flips")
+    np.testing.assert_array_equal(mirror, pixels[:, ::-1])
+    expected = fake_features(mirror[None])
+    np.testing.assert_allclose(x["block5_pool"][1], expected["block5_pool"][0], rtol=1e-6)
+    np.testing.assert_allclose(x["block3_pool/max"][1], expected["block3_pool/max"][0],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize(("mode", "k", "message"), [
+    ("flips", 2, "flips makes one view"),
+    ("dihedral", 8, "more would repeat them: use --augment 7 or fewer"),
+])
+def test_view_counts_a_mode_cannot_fill_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, k: int, message: str
+) -> None:
+    from extractor.cli import main as extract_main
+
+    folder = make_folder(tmp_path / "imgs", per_class=1)
+    with pytest.raises(ExtractError, match=message):
+        run(opts(folder, tmp_path / "f.h5", augment=k, augment_mode=mode),
+            features_fn=fake_features)
+    with pytest.raises(SystemExit) as exc:
+        extract_main(["--dir", str(folder), "--augment", str(k), "--augment-mode", mode])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    run(opts(folder, tmp_path / "ok.h5", augment=k - 1 or 1, augment_mode=mode),
+        features_fn=fake_features)
+
+
+def test_image_ids_group_the_views_of_each_image(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "imgs", per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out, augment=2), features_fn=fake_features)
+    with open_cache(out) as cache:
+        ids, paths = cache.image_ids, cache.paths
+    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert all((ids[i] == ids[j]) == (paths[i] == paths[j])
+               for i in range(len(ids)) for j in range(len(ids)))

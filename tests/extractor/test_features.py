@@ -76,3 +76,29 @@ def test_several_layers_in_one_pass_equal_per_layer_keras(weights_path: Path,
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3, err_msg=f"{layer}/{pool}")
     np.testing.assert_allclose(ours["block5_pool"], np.asarray(vgg.predict(x, verbose=0)),
                                atol=1e-3)
+
+
+def test_cache_stores_the_conv_base_named_features(small_cache: Path, small_image_dir: Path,
+                                                   conv_base) -> None:
+    """Every stored feature (block5_pool maps and the pooled vectors of block3/4/5_pool)
+    equals the conv base's output on the same images, and the stored block5_pool poolings
+    equal the maps pooled."""
+    from extractor.features import DEFAULT_POOLED_LAYERS, pool
+
+    with open_cache(small_cache) as cache:
+        assert cache.spec.pooled_layers == DEFAULT_POOLED_LAYERS
+        names = cache.spec.stored_names()
+        paths = cache.paths[:3] + cache.paths[-3:]
+        index = [cache.paths.index(p) for p in paths]
+        stored = cache.read_named(names, index)
+    pixels = np.stack([decode_image((small_image_dir / p).read_bytes(), 150) for p in paths])
+    direct = conv_base(pixels)
+    assert sorted(direct) == sorted(names) and len(names) == 7
+    for name in names:
+        assert stored[name].shape == direct[name].shape
+        assert float(direct[name].max()) > 1  # real activations
+        np.testing.assert_allclose(stored[name], direct[name], rtol=1e-5, atol=1e-3,
+                                   err_msg=name)
+    for how in ("avg", "max"):
+        np.testing.assert_allclose(stored[f"block5_pool/{how}"],
+                                   pool(stored["block5_pool"], how), rtol=1e-6, atol=1e-6)

@@ -201,3 +201,106 @@ def test_ray_engine_equals_local_engine_and_resumes(
         rf, lf = r.read()[0], lo.read()[0]
         assert not np.isnan(rf).any()
         np.testing.assert_allclose(rf, lf, rtol=1e-5, atol=1e-4)
+        # The pooled vectors too, each a virtual dataset over the shards.
+        names = r.spec.stored_names()
+        assert len(names) == 7 and r.spec.pooled_layers == lo.spec.pooled_layers
+        ours_named, theirs_named = r.read_named(names), lo.read_named(names)
+        for name in names:
+            np.testing.assert_allclose(ours_named[name], theirs_named[name], rtol=1e-5,
+                                       atol=1e-4, err_msg=name)
+    with h5py.File(ray_out, "r") as f:
+        assert f["pooled/block3_pool/avg"].is_virtual
+
+
+def test_every_reader_refuses_a_merged_cache_with_a_lost_shard(tmp_path: Path) -> None:
+    """Issue 11, item 9: a lost shard reads back as NaN; only `predict` checked. Now opening the
+    cache refuses it, so the local extract, train-head and evaluate cannot use NaN rows."""
+    from fakes import fake_features, make_folder, opts
+    from imagegen import gradient
+    from PIL import Image
+
+    from extractor import CacheError
+    from extractor.runner import run
+
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    plain = tmp_path / "plain.h5"
+    run(opts(folder, plain), features_fn=fake_features)
+    out = tmp_path / "merged.h5"
+    with open_cache(plain) as c:
+        spec, paths, shas, feats = c.spec, c.paths, c.sha256, c.read()[0]
+        stored = c.read_named(spec.stored_names())
+        labels = dict(zip(paths, c.labels.tolist(), strict=True))
+        attrs = {k: v for k, v in c.attrs.items()
+                 if k in ("weights_source", "weights_file", "keras_version", "source_dir")}
+    sdir = sh.shards_dir(out)
+    first = sh.write_shard(sdir, spec, paths[:3], shas[:3],
+                           {k: v[:3] for k, v in stored.items()}, [])
+    sh.write_shard(sdir, spec, paths[3:], shas[3:], {k: v[3:] for k, v in stored.items()}, [])
+    sh.merge(out, sh.load_shards(sdir, spec), labels, ["cat", "dog"], spec, attrs)
+    with open_cache(out) as c:
+        np.testing.assert_array_equal(c.read()[0], feats)  # complete: reads like the plain one
+
+    first.unlink()
+    with pytest.raises(CacheError, match="cannot be read"):
+        open_cache(out)
+
+    # The local engine over it, with a new file to fold in: refused, never NaN rows copied.
+    Image.fromarray(gradient(70, 70, seed=77)).save(folder / "cat" / "new.png")
+    before = out.read_bytes()
+    with pytest.raises(CacheError, match=str(first.name)):
+        run(opts(folder, out), features_fn=fake_features)
+    assert out.read_bytes() == before
+
+    from classifier.evaluation import evaluate
+    from classifier.training import train
+
+    head = train(plain, tmp_path / "head", val_cache=plain)
+    with pytest.raises(CacheError, match="cannot be read"):
+        train(out, tmp_path / "head2", val_cache=plain)
+    with pytest.raises(CacheError, match="cannot be read"):
+        evaluate(head, out)
+
+
+def test_merge_maps_every_pooled_dataset_onto_the_shards(tmp_path: Path) -> None:
+    spec = FeatureSpec(**{**SPEC.to_dict(), "pooled_layers": ("block3_pool", "block5_pool")})
+    rng = np.random.default_rng(3)
+
+    def feats(n: int) -> dict[str, np.ndarray]:
+        return {"block5_pool": rng.random((n, 2, 2, 3), dtype=np.float32),
+                **{f"{layer}/{how}": rng.random((n, c), dtype=np.float32)
+                   for layer, c in (("block3_pool", 256), ("block5_pool", 512))
+                   for how in ("avg", "max")}}
+
+    a, b = feats(3), feats(2)
+    cache = tmp_path / "c.h5"
+    sdir = sh.shards_dir(cache)
+    sh.write_shard(sdir, spec, ["b/1", "b/2", "b/3"], ["s1", "s2", "s3"], a, [])
+    sh.write_shard(sdir, spec, ["a/1", "a/2"], ["s4", "s5"], b, [])
+    labels = {p: int(p[0] == "b") for p in ("a/1", "a/2", "b/1", "b/2", "b/3")}
+    sh.merge(cache, sh.load_shards(sdir, spec), labels, ["a", "b"], spec, {})
+    expected = {name: np.concatenate([b[name], a[name]]) for name in a}
+    with h5py.File(cache, "r") as f:
+        assert list(f.attrs["pooled_layers"]) == ["block3_pool", "block5_pool"]
+        for name in a:
+            ds = f["features" if name == "block5_pool" else f"pooled/{name}"]
+            assert ds.is_virtual
+            np.testing.assert_array_equal(ds[:], expected[name])
+    with open_cache(cache) as c:
+        got = c.read_named(list(a))
+    for name in a:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+    # A shard without the pooled datasets the spec names is refused, not read as NaN.
+    other = FeatureSpec(**{**spec.to_dict(), "pooled_layers": ("block4_pool",)})
+    with pytest.raises(sh.ShardError, match="pooled"):
+        sh.load_shards(sdir, other)
+
+    sh.make_self_contained(cache)
+    sh.remove_shards(sdir)
+    with h5py.File(cache, "r") as f:
+        assert not f["pooled/block3_pool/max"].is_virtual
+        assert f["pooled/block3_pool/max"].compression == "gzip"
+    with open_cache(cache) as c:
+        got = c.read_named(list(a))
+    for name in a:
+        np.testing.assert_array_equal(got[name], expected[name])
