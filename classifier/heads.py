@@ -267,7 +267,11 @@ class SklearnHead(Head):
         return self
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
-        return np.asarray(self.pipeline_.predict_proba(self.reduce(X)), dtype=np.float64)
+        # scikit-learn keeps float32 input's dtype: its rows sum to 1 within 1e-7 only.
+        # Renormalised in float64, every caller (evaluate, predict, serve, view averages) sees
+        # the same numbers.
+        p = np.asarray(self.pipeline_.predict_proba(self.reduce(X)), dtype=np.float64)
+        return p / p.sum(axis=1, keepdims=True)
 
     def save_model(self, directory: Path) -> Path:
         import skops.io as sio

@@ -2,8 +2,10 @@
 
 Features come from a feature cache of the folder, made (or brought up to date) with the
 extractor's local or Ray engine using the head's feature settings, so a second run over the same
-folder reuses the cache and runs no model. Files the extractor could not use get a row with the
-reason instead of probabilities.
+folder reuses the cache and runs no model. A head trained on augmented views gets the same views
+of every file extracted, and its probabilities are averaged over them (`classifier.views`; off
+with `tta=False`). Files the extractor could not use get a row with the reason instead of
+probabilities.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from classifier.artifact import LoadedHead
-from extractor import open_cache
+from classifier.views import Views, average, use_views
+from extractor import FeatureSpec, SpecMismatchError, open_cache
 from extractor.atomic import atomic_open
 from extractor.backbone import make_spec
 from extractor.runner import Options, Summary
@@ -46,11 +49,32 @@ class Prediction:
     error: str | None = None
 
 
-def default_cache(directory: Path, head: LoadedHead) -> Path:
-    """`DIR/.featcache/<settings>.h5`: hidden, so the folder scan skips it; one per settings."""
+def default_cache(directory: Path, head: LoadedHead, tta: bool = True) -> Path:
+    """`DIR/.featcache/<settings>.h5`: hidden, so the folder scan skips it; one per settings
+    (layer, input size, weights, precision, and the views averaged over)."""
     s = head.spec
-    name = f"{s.backbone}-{s.layer}-{s.input_size}-{s.weights_sha256[:12]}.h5"
-    return directory / CACHE_DIRNAME / name
+    parts = [s.backbone, s.layer, str(s.input_size), s.weights_sha256[:12]]
+    if s.precision != "fp32":
+        parts.append(f"{s.precision}-{s.quantized_sha256[:12]}")
+    views = head.views if tta else None
+    if views:
+        parts.append(f"{views.mode}{views.count}" + (f"s{views.seed}" if views.mode == "recipe"
+                                                    else ""))
+    return directory / CACHE_DIRNAME / ("-".join(parts) + ".h5")
+
+
+def check_features(head: LoadedHead, spec: FeatureSpec, what: str) -> None:
+    """Refuse features made otherwise than the head's (weights, input size, preprocessing,
+    precision), or lacking one the head reads; the stored maps' layer may differ."""
+    diffs = {k: v for k, v in head.spec.differences(spec).items() if k != "layer"}
+    if diffs:
+        detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+        raise SpecMismatchError(f"{what} was made differently from head {head.name} ({detail}, "
+                                "the head's vs theirs); features made differently cannot be mixed")
+    missing = spec.missing(head.feature_names)
+    if missing:
+        raise SpecMismatchError(f"{what} lacks features head {head.name} reads: "
+                                f"{', '.join(missing)}")
 
 
 def extract_for_head(
@@ -64,15 +88,26 @@ def extract_for_head(
     engine: str = "local",
     runtime: str = "auto",
     ray_options: RayOptions | None = None,
+    tta: bool = True,
 ) -> Summary:
-    """Bring `cache` up to date with `directory`, with the head's feature settings."""
+    """Bring `cache` up to date with `directory`, with the head's feature settings (and, with
+    `tta`, the views the head averages over)."""
     weights_path = resolve_weights(weights)
-    spec = make_spec(weights_path, head.spec.layer, head.spec.input_size)
-    head.spec.check_compatible(spec, what=f"weights {weights_path}", against=f"head {head.name}")
+    diffs = {k: v for k, v in head.spec.differences(
+        make_spec(weights_path, head.spec.layer, head.spec.input_size)).items()
+        if k in ("backbone", "weights_sha256", "preprocessing")}
+    if diffs:
+        raise SpecMismatchError(
+            f"weights {weights_path} are not the ones head {head.name} was trained with "
+            f"({', '.join(diffs)} differ); pass the same --weights as its training cache")
     cache.parent.mkdir(parents=True, exist_ok=True)
+    views = head.views if tta else None
     opts = Options(directory=directory, out=cache, weights=weights,
                    image_size=head.spec.input_size, layer=head.spec.layer,
-                   batch_size=batch_size, progress=progress, runtime=runtime)
+                   batch_size=batch_size, progress=progress, runtime=runtime,
+                   augment=views.count if views else 0,
+                   augment_seed=views.seed if views else 0,
+                   augment_mode=views.mode if views else "recipe")
     if engine == "ray":
         from extractor.ray_engine import run as run_ray
 
@@ -83,32 +118,42 @@ def extract_for_head(
 
 
 def predict_cache(
-    head: LoadedHead, cache_path: Path, directory: Path, progress: bool = False
+    head: LoadedHead, cache_path: Path, directory: Path, progress: bool = False,
+    tta: bool = True,
 ) -> list[Prediction]:
-    """One prediction per file in `directory` (sorted by path), from the cache's features."""
+    """One prediction per file in `directory` (sorted by path), from the cache's features,
+    averaged over each file's views when the head was trained on views (`classifier.views`)."""
     from tqdm import tqdm
 
-    from extractor.shards import check_sources
-
-    check_sources(cache_path)  # a merged cache without its shards would predict from NaN
     listing = scan(directory)
     wanted = set(listing.labels)
     out: dict[str, Prediction] = {}
-    with open_cache(cache_path) as cache:
-        head.spec.check_compatible(cache.spec, what=f"cache {cache_path}",
-                                   against=f"head {head.name}")
+    with open_cache(cache_path) as cache:  # refuses a merged cache whose shards are gone
+        check_features(head, cache.spec, f"cache {cache_path}")
+        averaged = use_views(head.views, Views.from_attrs(cache.attrs), tta,
+                             f"cache {cache_path}")
         paths = cache.paths
-        views = cache.views  # augmented views are for training: predict from the image itself
-        keep = [i for i, p in enumerate(paths) if p in wanted and views[i] == 0]
-        with tqdm(total=len(keep), unit="img", disable=not progress, desc="predict") as bar:
-            for start in range(0, len(keep), CHUNK_ROWS):
-                idx = keep[start : start + CHUNK_ROWS]
-                feats, _ = cache.read(idx)
+        views = cache.views
+        keep = [i for i, p in enumerate(paths) if p in wanted and (averaged or views[i] == 0)]
+        # A file's rows (its views) are consecutive, as rows are sorted by path: cut chunks at
+        # file boundaries, so a chunk holds every view of its files.
+        bounds = [k for k in range(1, len(keep)) if paths[keep[k]] != paths[keep[k - 1]]]
+        with tqdm(total=len(bounds) + bool(keep), unit="img", disable=not progress,
+                  desc="predict") as bar:
+            begin = 0
+            for end in [*bounds, len(keep)]:
+                if end - begin < CHUNK_ROWS and end < len(keep):
+                    continue
+                idx = keep[begin:end]
+                feats = cache.read_named(head.feature_names, idx)
                 proba = np.asarray(head.predict_proba(feats), dtype=np.float64)
-                for i, row in zip(idx, proba, strict=True):
-                    out[paths[i]] = Prediction(paths[i], head.classes_[int(np.argmax(row))],
-                                               [float(v) for v in row])
-                bar.update(len(idx))
+                images, first = average(proba, np.asarray([paths[i] for i in idx], object))
+                for j, row in zip(first, images, strict=True):
+                    path = paths[idx[j]]
+                    out[path] = Prediction(path, head.classes_[int(np.argmax(row))],
+                                           [float(v) for v in row])
+                bar.update(len(first))
+                begin = end
         for path, reason in cache.skipped:
             if path in wanted:
                 out[path] = Prediction(path, error=reason)

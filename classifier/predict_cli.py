@@ -20,6 +20,10 @@ Features are cached in --cache (default DIR/.featcache/<settings>.h5, hidden fro
 scan): a second run over the same folder extracts only new files, then predicts. Pass
 --cache PATH to reuse a cache made by extract from the same folder, or when DIR is read-only.
 
+A head trained on augmented views (extract --augment K) gets the same K views of every file
+extracted, and its probabilities are averaged over them: K+1 forward passes per file. --no-tta
+predicts from each file alone (one pass per file).
+
 Exit status: 0 when every file got a prediction or an error row, 1 when the run failed,
 2 for bad arguments.
 """
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--runtime", choices=(AUTO, *RUNTIMES), default=AUTO,
                    help="what runs the conv base, as for extract (default: %(default)s)")
+    p.add_argument("--no-tta", dest="tta", action="store_false",
+                   help="predict from each file alone, even with a head trained on augmented "
+                   "views (default: average over the same views, K+1 forward passes per file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; errors only")
     add_engine_args(p)
     return p
@@ -71,14 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         head = load_head(args.head)
         if not args.dir.is_dir():
             raise NotADirectoryError(f"--dir must be a folder of images; {args.dir} is not")
-        cache = args.cache or default_cache(args.dir, head)
+        cache = args.cache or default_cache(args.dir, head, args.tta)
         extract_for_head(
             head, args.dir, cache, weights=args.weights, batch_size=args.batch_size,
             progress=progress, engine=args.engine, runtime=args.runtime,
             ray_options=RayOptions(args.address, args.actors, args.shards_dir,
                                    args.self_contained),
+            tta=args.tta,
         )
-        predictions = predict_cache(head, cache, args.dir, progress=progress)
+        predictions = predict_cache(head, cache, args.dir, progress=progress, tta=args.tta)
         write_predictions(predictions, head.classes_, args.out)
     except KeyboardInterrupt:
         print("\npredict: interrupted; extraction progress is saved in the cache",

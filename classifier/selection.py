@@ -123,19 +123,28 @@ def candidates(kind: str, fixed: Mapping[str, Any], spec: FeatureSpec) -> list[C
     return out
 
 
+def usable_folds(subset: Subset, k: int) -> int:
+    """`k`, or fewer when a class has fewer than `k` images (each fold needs one of each);
+    0 when a class has a single image (no cross-validation possible)."""
+    plain = np.flatnonzero(subset.views == 0)
+    counts = np.bincount(subset.labels[plain])
+    smallest = int(counts[counts > 0].min())
+    if smallest >= k:
+        return k
+    usable = smallest if smallest >= 2 else 0
+    logger.warning("a class has only %d training images: cross-validating with %s instead of "
+                   "%d folds", smallest, f"{usable}" if usable else "no selection (0)", k)
+    return usable
+
+
 def folds(subset: Subset, k: int, seed: int) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """(train rows, held-out rows) per fold, positions in `subset`; every view of an image
     falls on the same side as the image."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     plain = np.flatnonzero(subset.views == 0)
-    counts = np.bincount(subset.labels[plain])
-    smallest = int(counts[counts > 0].min())
-    if smallest < k:
-        raise DataError(
-            f"cannot cross-validate with {k} folds: a class has only {smallest} images; pass "
-            f"--cv {max(2, smallest)} or fewer folds, or --cv 0 to skip selection"
-        )
+    if usable_folds(subset, k) != k:
+        raise DataError(f"cannot cross-validate with {k} folds: a class has fewer images")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     out = []
     for tr, te in splitter.split(plain, subset.labels[plain], subset.groups[plain]):

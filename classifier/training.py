@@ -17,7 +17,14 @@ from classifier.errors import DataError
 from classifier.heads import Head
 from classifier.metrics import classification_metrics
 from classifier.registry import HEADS, make_head
-from classifier.selection import DEFAULT_FOLDS, SELECTABLE, candidates, choose, cross_validate
+from classifier.selection import (
+    DEFAULT_FOLDS,
+    SELECTABLE,
+    candidates,
+    choose,
+    cross_validate,
+    usable_folds,
+)
 from classifier.views import Views, predict_images, use_views
 from extractor import FeatureSpec, open_cache
 
@@ -71,6 +78,8 @@ def train(
 
     selection: dict[str, Any] | None = None
     kind = head
+    if head in SELECTABLE and cv:
+        cv = usable_folds(data.train, cv)
     if head in SELECTABLE and cv:
         cands = candidates(head, params, data.spec)
         if len(cands) > 1:

@@ -72,12 +72,36 @@ def empty(spec: FeatureSpec) -> Features:
 
 
 def shapes(spec: FeatureSpec) -> dict[str, tuple[int, ...]]:
-    """The per-row shape of every feature `spec` stores."""
+    """The per-row shape of every feature `spec` stores (the maps' as the spec records it)."""
+    out = {name: shape_of(name, spec.input_size) for name in spec.stored_names()}
+    out[spec.layer] = tuple(spec.feature_shape)
+    return out
+
+
+def shape_of(name: str, image_size: int) -> tuple[int, ...]:
+    """The per-row shape of a named feature at this input size: (H, W, C) maps or (C,)."""
     from extractor.backbone import feature_shape
 
-    out: dict[str, tuple[int, ...]] = {spec.layer: tuple(spec.feature_shape)}
-    for layer in spec.pooled_layers:
-        channels = feature_shape(layer, spec.input_size)[-1]
-        for how in POOLS:
-            out[feature_name(layer, how)] = (channels,)
-    return out
+    layer, how = parse_feature_name(name)
+    maps = feature_shape(layer, image_size)
+    return maps if how is None else (maps[-1],)
+
+
+def rows(features: Mapping[str, NDArray[np.float32]]) -> int:
+    """How many rows (images) named features hold; refuses features of unequal lengths."""
+    counts = {len(v) for v in features.values()}
+    if len(counts) != 1:
+        raise ValueError(f"named features of unequal lengths: "
+                         f"{ {k: len(v) for k, v in features.items()} }")
+    return counts.pop()
+
+
+def row(features: Mapping[str, NDArray[np.float32]], i: int) -> Features:
+    """Row `i` of named features, keeping the row axis (each array of length 1)."""
+    return {k: v[i : i + 1] for k, v in features.items()}
+
+
+def stack(items: Iterable[Mapping[str, NDArray[np.float32]]]) -> Features:
+    """Rows of named features (each a mapping of arrays) joined along the row axis."""
+    items = list(items)
+    return {k: np.concatenate([it[k] for it in items]) for k in items[0]}

@@ -25,6 +25,8 @@ from fastapi import FastAPI
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
+from extractor import features as named
+from extractor.features import Features
 from extractor.spec import FeatureSpec
 from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
@@ -53,41 +55,35 @@ logger = logging.getLogger(__name__)
 class Backbone(Protocol):
     spec: FeatureSpec
 
-    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]: ...
+    def __call__(self, pixels: NDArray[np.uint8]) -> Features: ...
 
 
-#: Builds the conv base: (weights path, image size, layer) -> backbone. Runs on the model thread.
-BackboneFactory = Callable[[Path, int, str], Backbone]
+#: Builds the conv base that makes features as the spec says: (weights path, spec) -> backbone.
+#: Runs on the model thread.
+BackboneFactory = Callable[[Path, FeatureSpec], Backbone]
 
 
-class _MainMaps:
-    """The conv base seen as maps of its main layer (what the served heads read today)."""
-
-    def __init__(self, base: Any) -> None:
-        self.base = base
-        self.spec: FeatureSpec = base.spec
-
-    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
-        maps: NDArray[np.float32] = self.base(pixels)[self.spec.layer]
-        return maps
-
-
-def conv_base_factory(weights_path: Path, image_size: int, layer: str) -> Backbone:
+def conv_base_factory(weights_path: Path, spec: FeatureSpec) -> Backbone:
     from extractor.backbone import ConvBase
 
-    return _MainMaps(ConvBase(weights_path, image_size=image_size, layer=layer))
+    return ConvBase(weights_path, image_size=spec.input_size, layer=spec.layer,
+                    pooled_layers=spec.pooled_layers)
 
 
 def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, FeatureSpec]:
-    """The weights file, and the spec the base will have, found without building it: the layer
-    and input size of `hint` (the first head's spec), else the extractor's defaults."""
+    """The weights file, and the spec the base will have, found without building it: the maps
+    layer and input size of `hint` (the first head's spec), else the extractor's defaults,
+    with the pooled vectors of every layer `extract` stores by default. Those come from the
+    same forward pass (block3 and block4 lie on the way to block5), so a head of any of them
+    is served, and a head added later by a reload finds them too."""
     from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, make_spec
+    from extractor.features import DEFAULT_POOLED_LAYERS
     from extractor.weights import resolve_weights
 
     weights_path = resolve_weights(settings.weights)
-    if hint is None:
-        return weights_path, make_spec(weights_path, DEFAULT_LAYER, DEFAULT_IMAGE_SIZE)
-    return weights_path, make_spec(weights_path, hint.layer, hint.input_size)
+    layer, size = (DEFAULT_LAYER, DEFAULT_IMAGE_SIZE) if hint is None else (hint.layer,
+                                                                            hint.input_size)
+    return weights_path, make_spec(weights_path, layer, size, pooled_layers=DEFAULT_POOLED_LAYERS)
 
 
 def _open_heads(settings: Settings) -> tuple[HeadStore, Path, FeatureSpec]:
@@ -209,9 +205,7 @@ def create_app(
     ) -> None:
         try:
             t0 = time.perf_counter()
-            backbone = await model_worker.run(
-                backbone_factory, weights_path, expected.input_size, expected.layer
-            )
+            backbone = await model_worker.run(backbone_factory, weights_path, expected)
             heads = store.current().all()
             check_heads(heads, backbone.spec)
             store.base_spec = backbone.spec
@@ -230,6 +224,7 @@ def create_app(
                 max_upload_bytes=settings.max_upload_bytes,
                 max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
                 request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
+                tta=settings.tta,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)
@@ -286,4 +281,4 @@ def _warm_up(backbone: Backbone, heads: list[ServedHead], max_batch_size: int) -
     for n in sizes:
         features = backbone(np.zeros((n, size, size, 3), dtype=np.uint8))
     for head in heads:
-        head.predict_proba(np.asarray(features[:1], dtype=np.float32))
+        head.predict_proba(named.row(features, 0))

@@ -33,12 +33,15 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor import features as named
+from extractor.features import Features
 from service.errors import NotReadyError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-FeatureFn = Callable[[NDArray[np.uint8]], NDArray[np.float32]]
+#: Pixels (N, H, W, 3) -> named features (`extractor.features`), N rows each.
+FeatureFn = Callable[[NDArray[np.uint8]], Features]
 T = TypeVar("T")
 
 
@@ -52,7 +55,7 @@ class BatchTimings:
 @dataclasses.dataclass
 class _Item:
     pixels: NDArray[np.uint8]
-    future: asyncio.Future[tuple[NDArray[np.float32], BatchTimings]]
+    future: asyncio.Future[tuple[Features, BatchTimings]]
     queued_at: float
 
 
@@ -151,8 +154,9 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.cancel()
 
-    async def submit(self, pixels: NDArray[np.uint8]) -> tuple[NDArray[np.float32], BatchTimings]:
-        """Features of one (H, W, 3) uint8 image, and how long it queued and computed."""
+    async def submit(self, pixels: NDArray[np.uint8]) -> tuple[Features, BatchTimings]:
+        """Named features of one (H, W, 3) uint8 image (arrays of one row each), and how long
+        it queued and computed."""
         if self._task is None or self._task.done():
             raise NotReadyError("the model is not serving")
         loop = asyncio.get_running_loop()
@@ -193,20 +197,19 @@ class MicroBatcher:
         try:
             features = await self._worker.run(self._fn, np.stack([it.pixels for it in batch]))
             self._busy_since = None
-            if len(features) != len(batch):
-                raise RuntimeError(
-                    f"the conv base returned {len(features)} rows for {len(batch)} images"
-                )
+            n = named.rows(features)
+            if n != len(batch):
+                raise RuntimeError(f"the conv base returned {n} rows for {len(batch)} images")
             forward_s = time.perf_counter() - started
             self.forward_passes += 1
             self.images += len(batch)
             self._metrics.forward_batch_size.observe(len(batch))
             self._metrics.forward_seconds.observe(forward_s)
-            for row, it in zip(features, batch, strict=True):
+            for i, it in enumerate(batch):
                 if not it.future.done():
                     timings = BatchTimings((started - it.queued_at) * 1000.0,
                                            forward_s * 1000.0, len(batch))
-                    it.future.set_result((row, timings))
+                    it.future.set_result((named.row(features, i), timings))
         except Exception as exc:
             logger.exception("a batch of %d images failed", len(batch))
             for it in batch:

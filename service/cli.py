@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-cache-size", type=int,
                    help="deprecated: a cap on the number of images in the feature cache, on top "
                    "of --feature-cache-bytes (0 disables the cache)")
+    p.add_argument("--no-tta", dest="tta", action="store_const", const=False,
+                   help="predict from each upload alone, even for heads trained on augmented "
+                   "views (default: average over the same views, K+1 forward passes per new "
+                   "image; FEATCACHE_TTA)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                    help="skip the warm-up forward pass before reporting ready")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])

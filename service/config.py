@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     #: Run a forward pass before reporting ready, so the first request is not the slow one.
     warmup: bool = True
+    #: A head trained on augmented views averages its probabilities over the same views of each
+    #: upload (K+1 forward passes per new image); False predicts from the upload alone.
+    tta: bool = True
     log_level: str = "info"
 
     @field_validator("heads", mode="before")

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor.features import Features as NamedFeatures
 from service.config import Settings
 from service.metrics import Metrics
 
@@ -101,7 +102,7 @@ class FeatureLRU(Generic[V]):
             self._metrics.cache_bytes.set(self.nbytes)
 
 
-def feature_cache(settings: Settings, metrics: Metrics) -> FeatureLRU[NDArray[np.float32]]:
+def feature_cache(settings: Settings, metrics: Metrics) -> FeatureLRU[NamedFeatures]:
     """The cache these settings ask for; says so when the deprecated entry count is set."""
     if settings.feature_cache_size is not None:
         logger.warning(

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from extractor.spec import FeatureSpec, SpecMismatchError
+from extractor.features import Features, shape_of
+from extractor.spec import FeatureSpec
 from service.errors import (
     HeadRequiredError,
     HeadSpecMismatchError,
@@ -37,8 +38,12 @@ class Head(Protocol):
     classes_: list[str]
     spec: FeatureSpec
     metadata: dict[str, Any]
+    #: The named features (`extractor.features`) the head reads.
+    feature_names: list[str]
+    #: The augmented views it averages over at prediction time (`classifier.views.Views`).
+    views: Any
 
-    def predict_proba(self, features: NDArray[np.float32]) -> NDArray[Any]: ...
+    def predict_proba(self, features: Features) -> NDArray[Any]: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -67,11 +72,19 @@ class ServedHead:
         return self.model.metadata
 
     @property
+    def feature_names(self) -> list[str]:
+        return self.model.feature_names
+
+    @property
+    def views(self) -> Any:
+        return self.model.views
+
+    @property
     def version_label(self) -> str | None:
         """The version as the API shows it: a string, or None for an unversioned head."""
         return None if self.version is None else str(self.version)
 
-    def predict_proba(self, features: NDArray[np.float32]) -> NDArray[Any]:
+    def predict_proba(self, features: Features) -> NDArray[Any]:
         return self.model.predict_proba(features)
 
 
@@ -102,18 +115,30 @@ def check_head(head: Head | ServedHead, base_spec: FeatureSpec) -> None:
     """Refuse a head trained on features the loaded base does not make.
 
     The one place that decides whether a head can be served by the loaded conv base: start-up
-    and every reload go through it.
+    and every reload go through it. The features must have been made alike (weights, input
+    size, preprocessing, precision: every compatibility field but the stored layer), and the
+    base must give every named feature the head reads (`base_spec.missing`): a head of pooled
+    vectors of block3-5 is served by a base whose maps are block5_pool's or block4_pool's.
     """
-    try:
-        head.spec.check_compatible(base_spec, what=f"head {head.name!r}",
-                                   against="the loaded VGG16 base")
-    except SpecMismatchError as exc:
+    diffs = {k: v for k, v in head.spec.differences(base_spec).items() if k != "layer"}
+    missing = base_spec.missing(head.feature_names)
+    if diffs:
+        detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
         raise HeadSpecMismatchError(
-            f"refusing to serve {exc} (values: the head's vs the base's). Retrain the "
-            "head on a cache extracted with these weights and settings, or serve it with "
-            "the weights it was trained on (FEATCACHE_WEIGHTS).",
-            fields=tuple(head.spec.differences(base_spec)),
-        ) from None
+            f"refusing to serve head {head.name!r}: it was trained on features made "
+            f"differently from the loaded VGG16 base's ({detail}; the head's vs the base's). "
+            "Retrain the head on a cache extracted with these weights and settings, or serve "
+            "it with the weights (and --precision) it was trained with (FEATCACHE_WEIGHTS).",
+            fields=tuple(diffs),
+        )
+    if missing:
+        raise HeadSpecMismatchError(
+            f"refusing to serve head {head.name!r}: it reads {', '.join(missing)}, which the "
+            f"loaded base does not make (its maps are {base_spec.layer}'s; pooled vectors of "
+            f"{', '.join(base_spec.pooled_layers) or 'no other layer'}). Serve heads of "
+            "another layer's maps with a serve of their own.",
+            fields=("layer",),
+        )
 
 
 def check_heads(heads: Sequence[Head | ServedHead], base_spec: FeatureSpec) -> None:
@@ -122,9 +147,11 @@ def check_heads(heads: Sequence[Head | ServedHead], base_spec: FeatureSpec) -> N
         check_head(head, base_spec)
 
 
-def trial_features(head: Head | ServedHead) -> NDArray[np.float32]:
-    """One row of zero features in the shape the head reads, for a trial prediction."""
-    return np.zeros((1, *head.spec.feature_shape), dtype=np.float32)
+def trial_features(head: Head | ServedHead) -> Features:
+    """One row of zero features of every kind the head reads, for a trial prediction."""
+    size = head.spec.input_size
+    return {name: np.zeros((1, *shape_of(name, size)), dtype=np.float32)
+            for name in head.feature_names}
 
 
 class HeadRegistry:

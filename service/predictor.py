@@ -1,4 +1,10 @@
-"""Image bytes -> label and probabilities: the feature cache, the batcher and the heads together."""
+"""Image bytes -> label and probabilities: the feature cache, the batcher and the heads together.
+
+A head trained on augmented views (`classifier.views`) averages its probabilities over the same
+views of the uploaded image, which the service makes itself from the decoded pixels exactly as
+`extract --augment K --augment-mode M` does (`extractor.augment.make_view`, keyed by the upload's
+SHA-256): K+1 images through the conv base per upload, batched together, each cached on its own.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,16 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
+from extractor import features as named
 from extractor import images
+from extractor.augment import make_view
+from extractor.features import Features
 from service.batching import MicroBatcher, ModelWorker
 from service.errors import (
     ImageTooLargeError,
@@ -38,16 +48,28 @@ class Prediction:
     #: The head's version that answered; None for an unversioned head.
     version: str | None
     cached: bool
+    #: Images whose probabilities were averaged: 1, or 1 + the head's augmented views.
+    views: int
     timings_ms: dict[str, float]
 
 
-def _decode(data: bytes, size: int, max_pixels: int) -> NDArray[np.uint8]:
+def _decode(data: bytes, size: int, max_pixels: int, sha256: str, views: Any,
+            wanted: Sequence[int]) -> list[NDArray[np.uint8]]:
+    """Decode an upload and make the views numbered in `wanted` (0: the image itself)."""
     try:
-        return images.decode_image(data, size, max_pixels=max_pixels)
+        pixels = images.decode_image(data, size, max_pixels=max_pixels)
     except images.ImageTooLargeError as exc:
         raise ImageTooLargeError(str(exc)) from None
     except images.ImageError as exc:
         raise InvalidImageError(str(exc)) from None
+    return [pixels if v == 0 else make_view(pixels, sha256, v, views.seed, views.mode)
+            for v in wanted]
+
+
+def _view_keys(key: str, views: Any) -> list[str]:
+    """Feature-cache keys of an upload (its SHA-256) and of each of its views."""
+    count = views.count if views else 0
+    return [key, *(f"{key}:{views.mode}:{views.seed}:{v}" for v in range(1, count + 1))]
 
 
 def _sha256(data: bytes) -> str:
@@ -67,10 +89,10 @@ class Predictor:
     """
 
     def __init__(
-        self, batcher: MicroBatcher, cache: FeatureLRU[NDArray[np.float32]],
+        self, batcher: MicroBatcher, cache: FeatureLRU[Features],
         head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
         max_upload_bytes: int, max_image_pixels: int, max_queue: int, request_timeout_s: float,
-        metrics: Metrics,
+        metrics: Metrics, tta: bool = True,
     ) -> None:
         self.batcher = batcher
         self.cache = cache
@@ -83,6 +105,8 @@ class Predictor:
         self.max_image_pixels = max_image_pixels
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
+        #: Average over the views a head was trained on (False: each upload alone).
+        self.tta = tta
         self._metrics = metrics
         #: Images admitted and not yet through the conv base. Only the event loop touches it.
         self.waiting = 0
@@ -93,8 +117,13 @@ class Predictor:
             f"(the limit is {self.max_queue}); retry in a moment"
         )
 
-    async def features(self, data: bytes) -> tuple[NDArray[np.float32], bool, dict[str, float]]:
-        """Features of an upload, from the cache when the same bytes were seen before."""
+    async def features(
+        self, data: bytes, views: Any = None
+    ) -> tuple[Features, bool, dict[str, float]]:
+        """Named features of an upload, one row per image: the upload itself, then each of
+        `views` (a head's `classifier.views.Views`; None or empty: the upload alone). Rows
+        come from the cache when the same bytes were seen before; the others go through the
+        conv base together."""
         if len(data) > self.max_upload_bytes:
             raise UploadTooLargeError(
                 f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
@@ -102,26 +131,39 @@ class Predictor:
         t0 = time.perf_counter()
         # Hashing 10 MB takes ~20 ms: too long to hold the event loop.
         key = _sha256(data) if len(data) < 256 * 1024 else await run_in_threadpool(_sha256, data)
-        cached = self.cache.get(key)
+        keys = _view_keys(key, views)
+        rows: list[Features | None] = [self.cache.get(k) for k in keys]
         t1 = time.perf_counter()
         timings = {"hash": (t1 - t0) * 1000.0, "decode": 0.0, "queue": 0.0, "forward": 0.0}
-        if cached is not None:
-            return cached, True, timings
+        wanted = [v for v, r in enumerate(rows) if r is None]
+        if not wanted:
+            return named.stack(r for r in rows if r is not None), True, timings
         if self.waiting >= self.max_queue:
             raise self._overloaded()
-        self.waiting += 1
+        self.waiting += len(wanted)
         self._metrics.images_waiting.set(self.waiting)
         try:
-            pixels = await self._decoder.run(_decode, data, self.image_size, self.max_image_pixels)
+            pixels = await self._decoder.run(_decode, data, self.image_size,
+                                             self.max_image_pixels, key, views, wanted)
             timings["decode"] = (time.perf_counter() - t1) * 1000.0
-            features, batch = await self.batcher.submit(pixels)
+            # One task per image so that they share forward passes; the first failure cancels
+            # the others (their images leave the queue uncomputed) and is raised as it is.
+            tasks = [asyncio.ensure_future(self.batcher.submit(px)) for px in pixels]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                raise
         finally:
-            self.waiting -= 1
+            self.waiting -= len(wanted)
             self._metrics.images_waiting.set(self.waiting)
-        timings["queue"] = batch.queue_ms
-        timings["forward"] = batch.forward_ms
-        self.cache.put(key, features)
-        return features, False, timings
+        for v, (features, batch) in zip(wanted, results, strict=True):
+            rows[v] = features
+            self.cache.put(keys[v], features)
+            timings["queue"] = max(timings["queue"], batch.queue_ms)
+            timings["forward"] = max(timings["forward"], batch.forward_ms)
+        return named.stack(r for r in rows if r is not None), False, timings
 
     def deadline(self) -> float:
         """When a request starting now must be answered, on the event loop's clock."""
@@ -133,9 +175,10 @@ class Predictor:
         timeout = asyncio.timeout_at(self.deadline() if deadline is None else deadline)
         try:
             async with timeout:
-                features, cached, timings = await self.features(data)
+                views = head.views if self.tta else None
+                features, cached, timings = await self.features(data, views)
                 t1 = time.perf_counter()
-                proba = await self._head_worker.run(head.predict_proba, features[np.newaxis])
+                proba = await self._head_worker.run(head.predict_proba, features)
         except Exception as exc:
             error = exc
             if isinstance(exc, TimeoutError) and timeout.expired():
@@ -151,7 +194,10 @@ class Predictor:
         t2 = time.perf_counter()
         timings["head"] = (t2 - t1) * 1000.0
         timings["total"] = (t2 - t0) * 1000.0
-        row = np.asarray(proba, dtype=np.float64)[0]
+        # The mean over the image and its views (one row without views).
+        rows = np.asarray(proba, dtype=np.float64)
+        row = rows.mean(axis=0)
+        row /= row.sum()
         classes = [str(c) for c in head.classes_]
         self._metrics.predictions.labels(head.name, "ok").inc()
         return Prediction(
@@ -160,6 +206,7 @@ class Predictor:
             head=head.name,
             version=head.version_label,
             cached=cached,
+            views=len(rows),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
         )
 

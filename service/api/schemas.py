@@ -25,6 +25,10 @@ class PredictionResponse(BaseModel):
         default=None, description="The head version that answered; null for an unversioned head"
     )
     cached: bool = Field(description="True when the features came from the feature cache")
+    views: int = Field(
+        default=1, description="Images whose probabilities were averaged: 1, or 1 + the "
+        "augmented views a head trained on them averages over"
+    )
     timings_ms: dict[str, float] = Field(
         description="hash, decode, queue (waiting for a batch), forward, head and total"
     )
@@ -38,6 +42,7 @@ class BatchItem(BaseModel):
     label: str | None = None
     probabilities: dict[str, float] | None = None
     cached: bool | None = None
+    views: int | None = None
     timings_ms: dict[str, float] | None = None
     error: ErrorDetail | None = None
 

@@ -51,7 +51,7 @@ def test_predict_equals_evaluate_on_the_same_images(
     assert "sub-folder" in by_path["README.txt"]["error"]
 
     with open_cache(small_cache) as c:
-        feats, labels = c.read()
+        feats, labels = c.read_named(head.feature_names), c.labels
         paths, names = c.paths, c.class_names
     proba = head.predict_proba(feats)
     assert len(rows) == len(paths) + 2
@@ -85,3 +85,48 @@ def test_predict_refuses_a_bad_out_name(head_dir: Path, small_image_dir: Path,
         main(["--head", str(head_dir), "--dir", str(small_image_dir),
               "--out", str(tmp_path / "p.txt")])
     assert exc.value.code == 2
+
+
+def test_predict_averages_over_the_views_a_head_was_trained_on(
+    small_image_dir: Path, conv_base, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """A head trained on flipped views: predict extracts the same views of every file and
+    averages the head's probabilities over each file's two rows; --no-tta uses the file alone."""
+    from classifier.artifact import load_head
+    from classifier.predict import default_cache
+    from classifier.training import train
+    from extractor import open_cache
+    from extractor.runner import Options, run
+
+    images = tmp_path / "images"
+    for cls in ("defective", "functional"):
+        (images / cls).mkdir(parents=True)
+        for f in sorted((small_image_dir / cls).iterdir())[:6]:
+            shutil.copy(f, images / cls / f.name)
+    train_cache = tmp_path / "flips.h5"
+    run(Options(directory=images, out=train_cache, progress=False, augment=1,
+                augment_mode="flips"), features_fn=conv_base)
+    head_dir = train(train_cache, tmp_path / "head", cv=0, val_split=0.5)
+    head = load_head(head_dir)
+    assert (head.views.count, head.views.mode) == (1, "flips")
+    with open_cache(train_cache) as c:
+        paths = np.asarray(c.paths)
+        rows = head.predict_proba(c.read_named(head.feature_names))
+        plain = np.asarray(c.views) == 0
+
+    out = tmp_path / "p.csv"
+    assert main(["--head", str(head_dir), "--dir", str(images), "--out", str(out), "-q"]) == 0
+    assert default_cache(images, head).name.endswith("-flips1.h5")
+    assert default_cache(images, head).is_file()
+    with open(out, newline="") as fh:
+        got = {r["path"]: [float(r[f"p_{c}"]) for c in head.classes_] for r in csv.DictReader(fh)}
+    alone = tmp_path / "alone.csv"
+    assert main(["--head", str(head_dir), "--dir", str(images), "--out", str(alone), "--no-tta",
+                 "-q"]) == 0
+    with open(alone, newline="") as fh:
+        got_alone = {r["path"]: [float(r[f"p_{c}"]) for c in head.classes_]
+                     for r in csv.DictReader(fh)}
+    assert len(got) == len(got_alone) == 12
+    for path in got:
+        np.testing.assert_allclose(got[path], rows[paths == path].mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(got_alone[path], rows[(paths == path) & plain][0], atol=1e-5)

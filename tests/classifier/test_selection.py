@@ -27,11 +27,17 @@ def test_folds_never_split_an_images_views(tmp_path: Path) -> None:
         assert set(subset.labels[te].tolist()) == {0, 1}
 
 
-def test_too_few_images_for_the_folds_is_a_clear_error(make_cache: MakeCache) -> None:
-    from classifier.errors import DataError
-
-    with pytest.raises(DataError, match="--cv 3"):
-        train(make_cache(n_per_class=4), "unused", cv=5, val_split=0.25)
+def test_fewer_images_than_folds_means_fewer_folds(
+    make_cache: MakeCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 training images a class (4, one held out): 3 folds, said in the log and metadata."""
+    with caplog.at_level("WARNING"):
+        head = train(make_cache(n_per_class=4), tmp_path / "h", cv=5, val_split=0.25)
+    assert json.loads((head / "metadata.json").read_text())["selection"]["folds"] == 3
+    assert "only 3 training images" in caplog.text
+    with caplog.at_level("WARNING"):
+        single = train(make_cache(n_per_class=2), tmp_path / "h1", cv=5, val_split=0.5)
+    assert json.loads((single / "metadata.json").read_text())["selection"] is None
 
 
 def test_choice_never_depends_on_the_validation_cache(make_cache: MakeCache,

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from extractor.backbone import make_spec
+from extractor.features import DEFAULT_POOLED_LAYERS, Features, shapes
 from extractor.spec import FeatureSpec
 from service.app import create_app
 from service.config import Settings
@@ -35,23 +36,38 @@ class FakeBackbone:
         self.batch_sizes: list[int] = []
         self.threads: set[str] = set()
 
-    def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
+    def __call__(self, pixels: NDArray[np.uint8]) -> Features:
         self.batch_sizes.append(len(pixels))
         self.threads.add(threading.current_thread().name)
         if self.delay_s:
             time.sleep(self.delay_s)
-        means = pixels.reshape(len(pixels), -1, 3).mean(axis=1, dtype=np.float32) / 255.0
-        out = np.zeros((len(pixels), *self.spec.feature_shape), dtype=np.float32)
-        out[..., :3] = means[:, None, None, :]
-        return out
+        return fake_features(pixels, self.spec)
+
+
+def fake_features(pixels: NDArray[np.uint8], spec: FeatureSpec) -> Features:
+    """Every named feature of `spec`, made from the images' mean colours (and, so that views
+    of an image differ, the mean colour of their top-left quarter)."""
+    n = len(pixels)
+    means = pixels.reshape(n, -1, 3).mean(axis=1, dtype=np.float32) / 255.0
+    corner = pixels[:, : pixels.shape[1] // 2, : pixels.shape[2] // 2]
+    corner_means = corner.reshape(n, -1, 3).mean(axis=1, dtype=np.float32) / 255.0
+    out: Features = {}
+    for name, shape in shapes(spec).items():
+        values = np.zeros((n, *shape), dtype=np.float32)
+        values[..., :3] = (means if len(shape) == 1 else means[:, None, None, :])
+        values[..., 3:6] = (corner_means if len(shape) == 1 else corner_means[:, None, None, :])
+        out[name] = values
+    return out
 
 
 @pytest.fixture(scope="session")
 def head_dir(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real logistic-regression head trained on the real small cache."""
+    """A real logistic-regression head on the real small cache, reading the pooled vectors of
+    block3, block4 and block5 (C chosen by cross-validation)."""
     from classifier.training import train
 
-    return train(small_cache, tmp_path_factory.mktemp("heads") / "elpv-logreg", head="logreg")
+    return train(small_cache, tmp_path_factory.mktemp("heads") / "elpv-logreg", head="logreg",
+                 params={"layers": list(DEFAULT_POOLED_LAYERS)}, cv=3)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +79,9 @@ def second_head_dir(small_cache: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def base_spec(weights_path: Path) -> FeatureSpec:
-    return make_spec(weights_path, "block5_pool", 150)
+    """The spec of the base `serve` builds by default: block5_pool maps, the pooled vectors
+    of block3-5."""
+    return make_spec(weights_path, "block5_pool", 150, pooled_layers=DEFAULT_POOLED_LAYERS)
 
 
 def make_settings(heads: list[Path], weights: Path, **overrides: Any) -> Settings:
@@ -117,9 +135,7 @@ def real_client(
     """The app with the real conv base (the session's, loaded once) and two real heads."""
     settings = make_settings([head_dir, second_head_dir], weights_path,
                              max_batch_size=4, max_wait_ms=5)
-    from service.app import _MainMaps
-
-    app = create_app(settings, backbone_factory=lambda *_: _MainMaps(conv_base))
+    app = create_app(settings, backbone_factory=lambda *_: conv_base)
     with TestClient(app) as client:
         wait_ready(client, timeout_s=120)
         yield client

@@ -14,6 +14,7 @@ from imagegen import encode, gradient
 from PIL import Image
 from prometheus_client import generate_latest
 
+from extractor.features import shapes
 from service.batching import MicroBatcher, ModelWorker
 from service.feature_cache import FeatureLRU
 from service.metrics import Metrics
@@ -123,11 +124,11 @@ def test_a_failure_after_the_forward_pass_fails_its_batch_and_the_batcher_lives_
     waited forever.)"""
     calls = 0
 
-    def short_then_fine(pixels: np.ndarray) -> np.ndarray:
+    def short_then_fine(pixels: np.ndarray) -> dict[str, np.ndarray]:
         nonlocal calls
         calls += 1
         rows = len(pixels) - 1 if calls == 1 else len(pixels)
-        return np.zeros((rows, 2), np.float32)
+        return {"block5_pool/avg": np.zeros((rows, 2), np.float32)}
 
     async def scenario() -> tuple[list[object], object]:
         worker = ModelWorker()
@@ -147,7 +148,7 @@ def test_a_failure_after_the_forward_pass_fails_its_batch_and_the_batcher_lives_
     first, later = asyncio.run(scenario())
     assert all(isinstance(r, RuntimeError) and "2 rows for 3 images" in str(r) for r in first)
     features, timings = later  # type: ignore[misc]
-    assert features.shape == (2,) and timings.batch_size == 1
+    assert features["block5_pool/avg"].shape == (1, 2) and timings.batch_size == 1
 
 
 def test_ready_is_503_when_the_batching_task_is_dead(fake_app) -> None:  # type: ignore[no-untyped-def]
@@ -219,16 +220,19 @@ def test_feature_cache_is_bounded_by_bytes() -> None:
 
 
 def test_feature_cache_bytes_setting(fake_app, make_fake) -> None:  # type: ignore[no-untyped-def]
-    """Room for two block5 entries: the third upload evicts the first."""
+    """Room for two images' features: the third upload evicts the first."""
     fake = make_fake()
     uploads = _images(3)
-    with fake_app(backbone=fake, warmup=False, feature_cache_bytes=2 * 32 * KIB) as client:
+    # block5_pool maps (32 KiB) and the pooled vectors of block3-5 (10 KiB)
+    entry = sum(int(np.prod(shape)) * 4 for shape in shapes(fake.spec).values())
+    assert entry == 42 * KIB
+    with fake_app(backbone=fake, warmup=False, feature_cache_bytes=2 * entry) as client:
         for data in uploads:
             r = client.post("/predict", files={"file": ("x.png", data)})
             assert r.json()["cached"] is False
         again = [client.post("/predict", files={"file": ("x.png", d)}).json()["cached"]
                  for d in (uploads[2], uploads[0])]
-        assert "featcache_feature_cache_bytes 65536.0" in client.get("/metrics").text
+        assert f"featcache_feature_cache_bytes {2 * entry}.0" in client.get("/metrics").text
     assert again == [True, False]
 
 

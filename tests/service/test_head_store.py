@@ -6,14 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from headfolders import edit_metadata, install, model_file
 
 from extractor.spec import FeatureSpec
 from service.errors import HeadRequiredError, UnknownVersionError
 from service.head_store import HeadStore
-from service.heads import load_heads
+from service.heads import load_heads, trial_features
 
 
 def statuses(store: HeadStore) -> dict[tuple[str, int | None], tuple[str, str | None, bool]]:
@@ -72,8 +71,8 @@ def break_head(folder: Path, how: str) -> str:
         (folder / "metadata.json").write_text('{"format": "featcache-head/1", "kind": ')
         return "not readable json"
     if how == "spec-mismatch":
-        edit_metadata(folder, spec={"layer": "block4_pool", "feature_shape": [9, 9, 512]})
-        return "differs in: layer"
+        edit_metadata(folder, spec={"input_size": 224, "feature_shape": [7, 7, 512]})
+        return "differs in: input_size"
     if how == "no-model-file":
         model_file(folder).unlink()
         return "no model file"
@@ -170,8 +169,7 @@ def test_replace_in_place_and_remove(
     assert change.change == "replaced"
     new = store.current().get("cells")
     assert new is not old and new.metadata["kind"] == "svm"
-    features = np.zeros((1, *base_spec.feature_shape), dtype=np.float32)
-    assert old.predict_proba(features).shape == (1, 2)
+    assert old.predict_proba(trial_features(old)).shape == (1, 2)
 
     shutil.rmtree(root / "cells")
     [change] = store.scan()

@@ -25,11 +25,13 @@ def test_predictions_match_evaluate(
     elpv_images: list[Path],
 ) -> None:
     """Served probabilities equal the head's on the cached features of the same files, and the
-    served labels give `evaluate`'s confusion matrix."""
+    served labels give `evaluate`'s confusion matrix; the head reads three layers' vectors."""
     head = load_head(head_dir)
+    assert {n.split("/")[0] for n in head.feature_names} == {
+        "block3_pool", "block4_pool", "block5_pool"}
     with open_cache(small_cache) as cache:
         row_of = {p: i for i, p in enumerate(cache.paths)}
-        features = np.asarray(cache.features[...])
+        features = cache.read_named(head.feature_names)
         labels = cache.labels
         names = cache.class_names
     expected = head.predict_proba(features)

@@ -34,7 +34,7 @@ def test_head_with_other_weights_is_refused(
 
 def test_backbone_with_another_spec_is_refused(head_dir: Path, settings_for, make_fake) -> None:  # type: ignore[no-untyped-def]
     fake = make_fake()
-    fake.spec = dataclasses.replace(fake.spec, layer="block4_pool", feature_shape=(9, 9, 512))
+    fake.spec = dataclasses.replace(fake.spec, input_size=224, feature_shape=(7, 7, 512))
     failures: list[BaseException] = []
     app = create_app(settings_for([head_dir]), backbone_factory=lambda *_: fake,
                      on_load_failure=failures.append)
@@ -46,8 +46,8 @@ def test_backbone_with_another_spec_is_refused(head_dir: Path, settings_for, mak
         assert failures and isinstance(failures[0], HeadSpecMismatchError)
         r = client.get("/ready")
         assert r.status_code == 503
-        # Why (the differing layer) is in the log, not in a public answer (issue 11, item 5).
-        assert "layer" not in r.json()["error"]["message"]
+        # Why (the differing input size) is in the log, not in a public answer (issue 11, 5).
+        assert "input_size" not in r.json()["error"]["message"]
         assert "failed to load" in r.json()["error"]["message"]
 
 
