@@ -49,7 +49,8 @@ class Prediction:
 def default_cache(directory: Path, head: LoadedHead) -> Path:
     """`DIR/.featcache/<settings>.h5`: hidden, so the folder scan skips it; one per settings."""
     s = head.spec
-    name = f"{s.backbone}-{s.layer}-{s.input_size}-{s.weights_sha256[:12]}.h5"
+    int8 = f"-int8-{s.quantized_sha256[:12]}" if s.precision == "int8" else ""
+    name = f"{s.backbone}-{s.layer}-{s.input_size}-{s.weights_sha256[:12]}{int8}.h5"
     return directory / CACHE_DIRNAME / name
 
 
@@ -64,15 +65,29 @@ def extract_for_head(
     engine: str = "local",
     runtime: str = "auto",
     ray_options: RayOptions | None = None,
+    precision: str | None = None,
 ) -> Summary:
-    """Bring `cache` up to date with `directory`, with the head's feature settings."""
+    """Bring `cache` up to date with `directory`, with the head's feature settings.
+
+    `precision` defaults to the head's; int8 uses the very int8 model the head was trained with
+    (found by its hash)."""
+    precision = precision or head.spec.precision
+    if precision != head.spec.precision:
+        raise ValueError(f"--precision {precision}: head {head.name!r} was trained on "
+                         f"{head.spec.precision} features; leave out --precision or pass "
+                         f"--precision {head.spec.precision}")
     weights_path = resolve_weights(weights)
-    spec = make_spec(weights_path, head.spec.layer, head.spec.input_size)
+    qsha = head.spec.quantized_sha256 or None
+    if precision == "int8":
+        runtime = "onnxruntime" if runtime == "auto" else runtime
+    spec = make_spec(weights_path, head.spec.layer, head.spec.input_size, precision=precision,
+                     quantized_sha256=qsha)
     head.spec.check_compatible(spec, what=f"weights {weights_path}", against=f"head {head.name}")
     cache.parent.mkdir(parents=True, exist_ok=True)
     opts = Options(directory=directory, out=cache, weights=weights,
                    image_size=head.spec.input_size, layer=head.spec.layer,
-                   batch_size=batch_size, progress=progress, runtime=runtime)
+                   batch_size=batch_size, progress=progress, runtime=runtime,
+                   precision=precision, quantized_sha256=qsha)
     if engine == "ray":
         from extractor.ray_engine import run as run_ray
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from extractor.backbone import AUTO, RUNTIMES
+from extractor.backbone import AUTO, PRECISIONS, RUNTIMES
 from extractor.cli import add_engine_args
 
 EPILOG = """\
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     p.add_argument("--runtime", choices=(AUTO, *RUNTIMES), default=AUTO,
                    help="what runs the conv base, as for extract (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="conv base arithmetic; must be the head's (default: the head's: int8 "
+                   "heads run the int8 model they were trained with, found by its hash)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; errors only")
     add_engine_args(p)
     return p
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache or default_cache(args.dir, head)
         extract_for_head(
             head, args.dir, cache, weights=args.weights, batch_size=args.batch_size,
-            progress=progress, engine=args.engine, runtime=args.runtime,
+            progress=progress, engine=args.engine, runtime=args.runtime, precision=args.precision,
             ray_options=RayOptions(args.address, args.actors, args.shards_dir,
                                    args.self_contained),
         )

@@ -75,7 +75,8 @@ class ShardWriter:
 
         self.spec = FeatureSpec.from_dict(spec)
         self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads)
+                             threads=threads, precision=self.spec.precision,
+                             quantized_sha256=self.spec.quantized_sha256 or None)
         diffs = self.spec.differences(self.conv.spec)
         if diffs:
             raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "

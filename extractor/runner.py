@@ -31,6 +31,7 @@ from extractor.cache import (
 )
 from extractor.features import Features
 from extractor.images import ImageError, decode_image
+from extractor.runtimes.int8 import Int8Error
 from extractor.spec import FeatureSpec
 from extractor.walk import Listing, scan
 from extractor.weights import resolve_weights
@@ -75,6 +76,16 @@ class Options:
         return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode))
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
+    #: "fp32" (equal to Keras) or "int8" (the quantized model, `extractor.runtimes.int8`).
+    precision: str = "fp32"
+    #: int8 only: calibrate a new int8 model on this folder's images instead of the bundled
+    #: photos.
+    calibration: Path | None = None
+    #: int8 only: the int8 model to use, by its SHA-256 (e.g. the one a head was trained with);
+    #: None: the cache's own, else this machine's.
+    quantized_sha256: str | None = None
+    #: onnxruntime intra-op threads; None: the CPUs this process may use.
+    threads: int | None = None
 
 
 @dataclasses.dataclass
@@ -92,6 +103,7 @@ class Summary:
     extract_s: float = 0.0  # the decode + forward-pass loop alone
     class_names: list[str] = dataclasses.field(default_factory=list)
     runtime: str = ""  # what ran the conv base (recorded in the cache's metadata)
+    precision: str = "fp32"
 
     @property
     def images_per_s(self) -> float:
@@ -159,24 +171,31 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     _check_output(opts.out)
     try:
         bb.validate(opts.layer, opts.image_size)
-        runtime = bb.resolve_runtime(opts.runtime)
+        runtime = bb.resolve_runtime(opts.runtime, opts.precision)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
     weights_path = resolve_weights(opts.weights)
-    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime)
+    theirs: FeatureSpec | None = None
     if opts.out.exists():
         with open_cache(opts.out) as cache:
             theirs = cache.spec
             theirs_augment = cache.augmentation
+    if theirs is not None and theirs.precision != opts.precision:
+        # Refused before an int8 model is built for nothing.
+        _refuse_mix(opts.out, {"precision": (opts.precision, theirs.precision)})
+    # An int8 cache is extended with the very model that made it, found by its hash.
+    same_model = (theirs.quantized_sha256 if theirs is not None and theirs.precision == "int8"
+                  and opts.precision == "int8" else opts.quantized_sha256)
+    try:
+        spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime,
+                            precision=opts.precision, quantized_sha256=same_model,
+                            calibration=opts.calibration)
+    except (Int8Error, ValueError) as exc:
+        raise ExtractError(str(exc)) from None
+    if theirs is not None:
         diffs = spec.differences(theirs)
         if diffs:
-            detail = "; ".join(
-                f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items()
-            )
-            raise ExtractError(
-                f"{opts.out} was made with other settings ({detail}). Features made differently "
-                f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
-            )
+            _refuse_mix(opts.out, diffs)
         if theirs_augment != opts.augmentation:
             raise ExtractError(
                 f"{opts.out} holds {theirs_augment.views} augmented views per image (seed "
@@ -187,6 +206,14 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
             )
     Staging(opts.out, spec, opts.augmentation).check()
     return listing, spec, weights_path
+
+
+def _refuse_mix(out: Path, diffs: Mapping[str, tuple[object, object]]) -> None:
+    detail = "; ".join(f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items())
+    raise ExtractError(
+        f"{out} was made with other settings ({detail}). Features made differently are never "
+        f"mixed: choose another --out, or delete {out} to rebuild it."
+    )
 
 
 def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
@@ -213,11 +240,14 @@ def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
             if (p not in previous or p in summary.changed) and p not in done]
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
+    summary.precision = spec.precision
     summary.removed = sum(1 for p in previous if p not in listing.labels)
 
     if todo:
         if features_fn is None:
-            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime)
+            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime,
+                                      threads=opts.threads, precision=spec.precision,
+                                      quantized_sha256=spec.quantized_sha256 or None)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
@@ -281,7 +311,10 @@ def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
         keras_version = md.version("keras")
     except md.PackageNotFoundError:
         keras_version = "unknown"
+    from extractor.runtimes.cpu import detect
+
     return {
+        "cpu": detect().describe(),  # int8 features depend on it (extractor.runtimes.int8)
         "weights_source": opts.weights or "default",
         "weights_file": weights_path.name,
         "keras_version": keras_version,

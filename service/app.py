@@ -45,8 +45,9 @@ class Backbone(Protocol):
     def __call__(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]: ...
 
 
-#: Builds the conv base: (weights path, image size, layer) -> backbone. Runs on the model thread.
-BackboneFactory = Callable[[Path, int, str], Backbone]
+#: Builds the conv base: (weights path, image size, layer, the spec it must have: precision and
+#: int8 model included) -> backbone. Runs on the model thread.
+BackboneFactory = Callable[[Path, int, str, FeatureSpec], Backbone]
 
 
 class _MainMaps:
@@ -61,20 +62,41 @@ class _MainMaps:
         return maps
 
 
-def conv_base_factory(weights_path: Path, image_size: int, layer: str) -> Backbone:
+def conv_base_factory(weights_path: Path, image_size: int, layer: str,
+                      expected: FeatureSpec) -> Backbone:
     from extractor.backbone import ConvBase
 
-    return _MainMaps(ConvBase(weights_path, image_size=image_size, layer=layer))
+    return _MainMaps(ConvBase(weights_path, image_size=image_size, layer=layer,
+                              precision=expected.precision,
+                              quantized_sha256=expected.quantized_sha256 or None))
 
 
 def _expected_spec(settings: Settings, heads: list[Head]) -> tuple[Path, FeatureSpec]:
-    """The weights file, and the spec the base will have, found without building it."""
+    """The weights file, and the spec the base will have, found without building it.
+
+    int8: the int8 model that made the first head's features, found by its hash (or this
+    machine's own when it hashes the same); `StartupError` says which file to copy otherwise.
+    """
+    import dataclasses
+
     from extractor.backbone import make_spec
+    from extractor.runtimes.int8 import Int8Error
     from extractor.weights import resolve_weights
 
     weights_path = resolve_weights(settings.weights)
     first = heads[0].spec
-    return weights_path, make_spec(weights_path, first.layer, first.input_size)
+    if settings.precision == "int8" and first.precision == "int8":
+        try:
+            spec = make_spec(weights_path, first.layer, first.input_size, runtime="onnxruntime",
+                             precision="int8", quantized_sha256=first.quantized_sha256)
+        except Int8Error as exc:
+            raise StartupError(f"cannot serve head {heads[0].name!r} with --precision int8: "
+                               f"{exc}") from None
+        return weights_path, spec
+    spec = make_spec(weights_path, first.layer, first.input_size)
+    # No int8 model is built for a head that will be refused anyway (check_heads names the
+    # precision that differs).
+    return weights_path, dataclasses.replace(spec, precision=settings.precision)
 
 
 def create_app(
@@ -123,7 +145,7 @@ def create_app(
         try:
             t0 = time.perf_counter()
             backbone = await model_worker.run(
-                backbone_factory, weights_path, expected.input_size, expected.layer
+                backbone_factory, weights_path, expected.input_size, expected.layer, expected
             )
             check_heads(heads, backbone.spec)
             batcher = MicroBatcher(

@@ -13,7 +13,8 @@ from service.config import Settings
 
 EPILOG = """\
 Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
-(FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_MAX_BATCH_SIZE,
+(FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_PRECISION,
+FEATCACHE_MAX_BATCH_SIZE,
 FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_SIZE, FEATCACHE_MAX_UPLOAD_BYTES, ...);
 options given here win. The API key is read from the environment only, never from the command
 line, where other users could see it.
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
     p.add_argument("--weights", help="'imagenet' or a path to the VGG16 no-top weights "
                    "(default: $FEATCACHE_WEIGHTS, else imagenet)")
+    p.add_argument("--precision", choices=["fp32", "int8"],
+                   help="conv base arithmetic: fp32 (default), or int8 for heads trained on int8 "
+                   "features (extract --precision int8); a head of the other precision is "
+                   "refused (default: $FEATCACHE_PRECISION, else fp32)")
     p.add_argument("--max-batch-size", type=int, help="most images per forward pass")
     p.add_argument("--max-wait-ms", type=float,
                    help="how long to wait for more images to fill a batch")

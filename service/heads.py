@@ -59,10 +59,14 @@ def check_heads(heads: Sequence[Head], base_spec: FeatureSpec) -> None:
             head.spec.check_compatible(base_spec, what=f"head {head.name!r}",
                                        against="the loaded VGG16 base")
         except SpecMismatchError as exc:
+            if head.spec.precision != base_spec.precision:
+                hint = (f"Serve it with --precision {head.spec.precision} "
+                        "(FEATCACHE_PRECISION), or retrain it on features of this precision.")
+            else:
+                hint = ("Retrain the head on a cache extracted with these weights and settings, "
+                        "or serve it with the weights it was trained on (FEATCACHE_WEIGHTS).")
             raise HeadSpecMismatchError(
-                f"refusing to serve {exc} (values: the head's vs the base's). Retrain the "
-                "head on a cache extracted with these weights and settings, or serve it with "
-                "the weights it was trained on (FEATCACHE_WEIGHTS)."
+                f"refusing to serve {exc} (values: the head's vs the base's). {hint}"
             ) from None
 
 
