@@ -75,7 +75,7 @@ def test_cpu_flags_choose_the_weight_bits(monkeypatch: pytest.MonkeyPatch) -> No
 def test_8_bit_model_is_refused_on_a_cpu_without_vnni() -> None:
     int8.check_cpu({"reduce_range": True}, AVX2)
     int8.check_cpu({"reduce_range": False}, VNNI)
-    with pytest.raises(int8.Int8Error, match="8-bit weights.*saturate"):
+    with pytest.raises(int8.Int8Error, match=r"8-bit weights.*saturate"):
         int8.check_cpu({"reduce_range": False}, AVX2)
 
 
