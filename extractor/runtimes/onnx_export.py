@@ -1,13 +1,15 @@
 """The VGG16 conv base as an ONNX graph, built straight from the Keras weights file with h5py.
 
-Why not the library exporters (Keras's `model.export(format="onnx")`, tf2onnx): they need
-TensorFlow, which the lean serving image must not carry (it exports on first start from a
-mounted weights file), and they convert one traced model per set of outputs. VGG16's conv base
+Why not the library exporter (Keras's `model.export(format="onnx")`, which runs tf2onnx 1.17):
+measured side by side (BENCHMARKS.md, "ONNX export"), it gives the same graph outputs to the
+last bit and the same inference speed, but needs TensorFlow, which the lean serving image must
+not carry (it exports on first start from a mounted weights file), and took 54 s (TensorFlow
+import, model build, conversion) against 2.4 s here, names its outputs `Identity:0`... rather
+than after the layers, and needs a model built and called per set of outputs. VGG16's conv base
 is 13 Conv + ReLU (3x3, stride 1, "same" padding) and 5 MaxPool (2x2, stride 2) in a fixed
-order; writing that graph from the kernels takes a few lines, no converter and under a second.
-The graph equals Keras's features within 1e-3 on real images (tests/extractor/test_runtime.py,
-which also imports this with TensorFlow and Keras blocked). BENCHMARKS.md ("ONNX export")
-compares it with `model.export(format="onnx")` measured side by side.
+order; writing that graph from the kernels takes a few lines and no converter. Its features
+equal Keras's within 1e-3 on real images (tests/extractor/test_runtime.py, which also runs it
+with TensorFlow and Keras blocked from importing).
 
 Input: `pixels`, (N, size, size, 3) float32 NHWC, preprocessed as `extractor.images.preprocess`
 does. Outputs: one NHWC tensor per tapped pooling layer, named after it.
