@@ -30,7 +30,8 @@ from pathlib import Path
 from extractor.runtimes import onnx_export
 data = onnx_export.build(Path({weights!r}), {taps!r}, 150)
 Path({out!r}).write_bytes(data)
-print(json.dumps({{"seconds": time.perf_counter() - t0, "tensorflow": "tensorflow" in sys.modules}}))
+print(json.dumps({{"seconds": time.perf_counter() - t0,
+                  "tensorflow": "tensorflow" in sys.modules}}))
 """
 
 KERAS = """
@@ -43,7 +44,8 @@ base = keras.applications.VGG16(include_top=False, weights={weights!r}, input_sh
 model = keras.Model(base.input, [base.get_layer(n).output for n in {taps!r}])
 model(np.zeros((1, 150, 150, 3), np.float32))  # export needs a called model
 model.export({out!r}, format="onnx", verbose=False)
-print(json.dumps({{"seconds": time.perf_counter() - t0, "tensorflow": "tensorflow" in sys.modules}}))
+print(json.dumps({{"seconds": time.perf_counter() - t0,
+                  "tensorflow": "tensorflow" in sys.modules}}))
 """
 
 
