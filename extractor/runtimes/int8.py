@@ -16,7 +16,7 @@ How the model is made (`build`):
 Weights: 8 bits on CPUs with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8 in /proc/cpuinfo).
 Without them (AVX2-only CPUs such as Zen 3) onnxruntime sums pairs of u8 x s8 products in 16 bits
 (VPMADDUBSW), which saturates with 8-bit weights; 7-bit weights (`reduce_range`) cannot
-saturate but measured a worst-image cosine of 0.985 to fp32 on ELPV, under the 0.99 target
+saturate but measured a worst-image cosine of 0.987 to fp32 on ELPV, under the 0.99 target
 (BENCHMARKS.md, "int8"). So int8 is refused there, unless `FEATCACHE_INT8_REDUCE_RANGE=1`
 accepts 7-bit weights; set it on every machine (VNNI ones too) of a team whose machines differ,
 and they all build the same 7-bit model. A model with 8-bit weights is refused on a CPU without
@@ -81,7 +81,7 @@ def reduce_range(cpu: CpuInfo | None = None) -> bool:
     raise Int8Error(
         f"--precision int8 needs a CPU with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8); "
         f"this one is {cpu.describe()}. Without them 8-bit weights saturate, and 7-bit weights "
-        f"fall below the fidelity target (cosine 0.985 < 0.99 to fp32 on ELPV, BENCHMARKS.md). "
+        f"fall below the fidelity target (worst-image cosine 0.987 < 0.99 to fp32 on ELPV, BENCHMARKS.md). "
         f"Use --precision fp32, or set {REDUCE_RANGE_ENV}=1 to accept 7-bit weights (on every "
         f"machine that must share the model)."
     )
