@@ -95,9 +95,9 @@ def run_extract_quiet(args: list[str], timeout: float) -> None:
 
 
 def part_threads(folder: Path, tmp: Path, sweep: str, timeout: float) -> None:
-    for pair in sweep.split(","):
+    for i, pair in enumerate(sweep.split(",")):
         workers, threads = pair.split("x")
-        out = tmp / f"t-{workers}-{threads}.h5"
+        out = tmp / f"t{i}-{workers}-{threads}.h5"  # a new cache each time: nothing to resume
         r = run_extract(["--dir", str(folder), "--weights", str(WEIGHTS), "--out", str(out),
                          "--precision", "int8", "--workers", workers, "--threads", threads],
                         timeout)
