@@ -81,9 +81,9 @@ def reduce_range(cpu: CpuInfo | None = None) -> bool:
     raise Int8Error(
         f"--precision int8 needs a CPU with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8); "
         f"this one is {cpu.describe()}. Without them 8-bit weights saturate, and 7-bit weights "
-        f"fall below the fidelity target (worst-image cosine 0.987 < 0.99 to fp32 on ELPV, BENCHMARKS.md). "
-        f"Use --precision fp32, or set {REDUCE_RANGE_ENV}=1 to accept 7-bit weights (on every "
-        f"machine that must share the model)."
+        f"fall below the fidelity target (worst-image cosine 0.987 < 0.99 to fp32 on ELPV, "
+        f"BENCHMARKS.md). Use --precision fp32, or set {REDUCE_RANGE_ENV}=1 to accept 7-bit "
+        f"weights (on every machine that must share the model)."
     )
 
 
