@@ -272,3 +272,21 @@ def test_onnxruntime_runs_without_tensorflow_or_keras(
     ours = np.load(tmp_path / "ours.npy")
     assert ours.shape == reference.shape == (4, 4, 4, 512)
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-3)
+
+
+def test_gpu_provider_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    import onnxruntime
+
+    from extractor.runtimes import ort
+
+    monkeypatch.delenv(ort.PROVIDERS_ENV, raising=False)
+    assert ort.providers() == ["CPUExecutionProvider"]
+    monkeypatch.setenv(ort.PROVIDERS_ENV, "NoSuchExecutionProvider")
+    with caplog.at_level(logging.WARNING, logger="extractor.runtimes.ort"):
+        assert ort.providers() == ["CPUExecutionProvider"]
+    assert "has no NoSuchExecutionProvider" in caplog.text
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setenv(ort.PROVIDERS_ENV, "CUDAExecutionProvider")
+    assert ort.providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
