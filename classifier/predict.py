@@ -89,16 +89,28 @@ def extract_for_head(
     runtime: str = "auto",
     ray_options: RayOptions | None = None,
     tta: bool = True,
+    precision: str | None = None,
 ) -> Summary:
     """Bring `cache` up to date with `directory`, with the head's feature settings (and, with
-    `tta`, the views the head averages over)."""
+    `tta`, the views the head averages over).
+
+    `precision` defaults to the head's; int8 uses the very int8 model the head was trained with
+    (found by its hash)."""
+    precision = precision or head.spec.precision
+    if precision != head.spec.precision:
+        raise ValueError(f"--precision {precision}: head {head.name!r} was trained on "
+                         f"{head.spec.precision} features; leave out --precision or pass "
+                         f"--precision {head.spec.precision}")
     weights_path = resolve_weights(weights)
-    diffs = {k: v for k, v in head.spec.differences(
-        make_spec(weights_path, head.spec.layer, head.spec.input_size)).items()
-        if k in ("backbone", "weights_sha256", "preprocessing")}
+    qsha = head.spec.quantized_sha256 or None
+    if precision == "int8":
+        runtime = "onnxruntime" if runtime == "auto" else runtime
+    spec = make_spec(weights_path, head.spec.layer, head.spec.input_size, precision=precision,
+                     quantized_sha256=qsha)
+    diffs = {k: v for k, v in head.spec.differences(spec).items() if k != "layer"}
     if diffs:
         raise SpecMismatchError(
-            f"weights {weights_path} are not the ones head {head.name} was trained with "
+            f"weights {weights_path} do not make the features head {head.name} was trained on "
             f"({', '.join(diffs)} differ); pass the same --weights as its training cache")
     cache.parent.mkdir(parents=True, exist_ok=True)
     views = head.views if tta else None
@@ -107,7 +119,8 @@ def extract_for_head(
                    batch_size=batch_size, progress=progress, runtime=runtime,
                    augment=views.count if views else 0,
                    augment_seed=views.seed if views else 0,
-                   augment_mode=views.mode if views else "recipe")
+                   augment_mode=views.mode if views else "recipe",
+                   precision=precision, quantized_sha256=qsha)
     if engine == "ray":
         from extractor.ray_engine import run as run_ray
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from extractor.backbone import AUTO, RUNTIMES
+from extractor.backbone import AUTO, PRECISIONS, RUNTIMES
 from extractor.cli import add_engine_args
 
 EPILOG = """\
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="predict from each file alone, even with a head trained on augmented "
                    "views (default: average over the same views, K+1 forward passes per file)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="conv base arithmetic; must be the head's (default: the head's: int8 "
+                   "heads run the int8 model they were trained with, found by its hash)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; errors only")
     add_engine_args(p)
     return p
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = args.cache or default_cache(args.dir, head, args.tta)
         extract_for_head(
             head, args.dir, cache, weights=args.weights, batch_size=args.batch_size,
-            progress=progress, engine=args.engine, runtime=args.runtime,
+            progress=progress, engine=args.engine, runtime=args.runtime, precision=args.precision,
             ray_options=RayOptions(args.address, args.actors, args.shards_dir,
                                    args.self_contained),
             tta=args.tta,

@@ -1,8 +1,10 @@
-"""The VGG16 convolutional base: uint8 pixels in, feature maps out, on a chosen runtime.
+"""The VGG16 convolutional base: uint8 pixels in, named features out, on a chosen runtime.
 
-Runtimes: `keras` (the reference; any Keras 3 backend: TensorFlow, JAX or PyTorch) and
-`onnxruntime` (the same Keras model exported to ONNX, see `extractor.onnx_runtime`; equal to the
-reference within 1e-3, tested on real images). `auto` picks onnxruntime when it is installed:
+`ConvBase` is the façade; what runs the layers is an `extractor.runtimes` runtime: `keras` (the
+reference; any Keras 3 backend) or `onnxruntime` (an ONNX graph built from the weights file,
+equal to the reference within 1e-3, tested on real images), in fp32 or, with
+`precision="int8"`, a quantized model (`extractor.runtimes.int8`: features within cosine 0.99
+of fp32, about 4x faster on CPUs with VNNI). `auto` picks onnxruntime when it is installed:
 `extract` ran faster on it than on Keras/TensorFlow side by side (BENCHMARKS.md), it loads in a
 fraction of a second without importing TensorFlow, and the performance issue measured it ~1.35x
 Keras on AVX2-only CPUs. Otherwise `auto` falls back to keras, saying why in the log.
@@ -13,20 +15,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
+from extractor import runtimes
 from extractor.images import PREPROCESSING_ID, preprocess
+from extractor.runtimes import AUTO, PRECISIONS, RUNTIMES
+from extractor.runtimes.keras import build_keras_model
 from extractor.spec import FeatureSpec
 from extractor.weights import resolve_weights, weights_sha256
 
-if TYPE_CHECKING:
-    from extractor.onnx_runtime import OnnxConvBase
-
 logger = logging.getLogger(__name__)
+
+__all__ = ["AUTO", "PRECISIONS", "RUNTIMES", "ConvBase", "build_keras_model", "make_spec"]
 
 BACKBONE = "vgg16"
 DEFAULT_LAYER = "block5_pool"
@@ -36,8 +39,6 @@ LAYERS = ("block5_pool", "block4_pool", "block3_pool")
 _DOWNSCALE = {"block5_pool": 32, "block4_pool": 16, "block3_pool": 8}
 _CHANNELS = {"block5_pool": 512, "block4_pool": 512, "block3_pool": 256}
 MIN_IMAGE_SIZE = 32
-RUNTIMES = ("keras", "onnxruntime")
-AUTO = "auto"
 
 
 def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
@@ -53,53 +54,49 @@ def validate(layer: str, image_size: int, pooled_layers: tuple[str, ...] = ()) -
         raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE}; got {image_size}")
 
 
-def resolve_runtime(runtime: str = AUTO) -> str:
+def resolve_runtime(runtime: str = AUTO, precision: str = "fp32") -> str:
     """`auto` -> the fastest installed runtime; a named runtime is checked and returned."""
-    from extractor import onnx_runtime
-
-    if runtime not in (AUTO, *RUNTIMES):
-        raise ValueError(
-            f"unknown runtime {runtime!r}; choose one of {', '.join((AUTO, *RUNTIMES))}"
-        )
-    if runtime == "onnxruntime" and not onnx_runtime.available():
-        raise ValueError("runtime 'onnxruntime' needs the onnxruntime and onnx packages "
-                         "(pip install onnxruntime onnx)")
-    if runtime != AUTO:
-        return runtime
-    if onnx_runtime.available():
-        return "onnxruntime"
-    logger.info("runtime auto: using keras (onnxruntime, the faster, is not installed: "
-                "pip install onnxruntime onnx)")
-    return "keras"
-
-
-def build_keras_model(weights_path: Path, image_size: int, layers: tuple[str, ...]) -> Any:
-    """The Keras VGG16 conv base with these weights, with the outputs of `layers` (a list of
-    maps, in that order), truncated after the deepest of them."""
-    import keras
-
-    base = keras.applications.VGG16(
-        include_top=False, weights=str(weights_path), input_shape=(image_size, image_size, 3)
-    )
-    outputs = [base.get_layer(layer).output for layer in layers]
-    return keras.Model(base.input, outputs, name="vgg16_" + "_".join(layers))
+    return runtimes.resolve(runtime, precision)
 
 
 def make_spec(
     weights_path: Path, layer: str, image_size: int, runtime: str = "keras",
-    pooled_layers: tuple[str, ...] = (),
+    pooled_layers: tuple[str, ...] = (), precision: str = "fp32",
+    quantized_sha256: str | None = None, calibration: Path | None = None,
 ) -> FeatureSpec:
-    """The spec of features this base would make; cheap (hashes the weights, loads no model)."""
+    """The spec of features this base would make, without loading a model.
+
+    Cheap for fp32 (hashes the weights). For int8 it finds the quantized model (the one hashing
+    to `quantized_sha256` when given), building it once where this machine has none
+    (`extractor.runtimes.int8.prepare`; `Int8Error` when the asked-for model cannot be had).
+    """
     validate(layer, image_size, pooled_layers)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    weights_hash = weights_sha256(weights_path)
+    qsha = ""
+    if precision == "int8":
+        from extractor.runtimes import int8
+
+        calib = int8.folder_calibration(calibration, image_size) if calibration else None
+        qsha = int8.prepare(weights_path, weights_hash, image_size,
+                            want_sha256=quantized_sha256 or None, calib=calib).sha256
+    return _spec(weights_hash, layer, image_size, runtime, pooled_layers, precision, qsha)
+
+
+def _spec(weights_hash: str, layer: str, image_size: int, runtime: str,
+          pooled_layers: tuple[str, ...], precision: str, quantized_sha256: str) -> FeatureSpec:
     return FeatureSpec(
         backbone=BACKBONE,
-        weights_sha256=weights_sha256(weights_path),
+        weights_sha256=weights_hash,
         layer=layer,
         input_size=image_size,
         preprocessing=PREPROCESSING_ID,
         feature_shape=feature_shape(layer, image_size),
         runtime=runtime,
         pooled_layers=tuple(pooled_layers),
+        precision=precision,
+        quantized_sha256=quantized_sha256,
     )
 
 
@@ -111,7 +108,9 @@ class ConvBase:
     `extractor.features`: the maps of `layer` and the pooled vectors of each of
     `pooled_layers`, all from the same forward pass. `runtime` is `auto`, `keras` or
     `onnxruntime`; `threads` sets ONNX Runtime's intra-op threads (default: the CPUs this
-    process may use).
+    process may use). `precision="int8"` runs the quantized model: the one hashing to
+    `quantized_sha256` when given (to extend a cache or serve a head made with it), else this
+    machine's (built once, calibrated on the bundled photos or on `calibration`'s images).
     """
 
     def __init__(
@@ -122,41 +121,34 @@ class ConvBase:
         runtime: str = AUTO,
         threads: int | None = None,
         pooled_layers: tuple[str, ...] = (),
+        precision: str = "fp32",
+        quantized_sha256: str | None = None,
+        calibration: Path | None = None,
     ) -> None:
         validate(layer, image_size, pooled_layers)
         self.weights_path: Path = resolve_weights(weights)
         self.image_size = image_size
         self.layer = layer
-        self.runtime = resolve_runtime(runtime)
-        self.spec = make_spec(self.weights_path, layer, image_size, self.runtime,
-                              tuple(pooled_layers))
+        self.runtime = resolve_runtime(runtime, precision)
+        weights_hash = weights_sha256(self.weights_path)
+        draft = _spec(weights_hash, layer, image_size, self.runtime, tuple(pooled_layers),
+                      precision, "")
         #: The layers the model outputs, in the order it returns them.
-        self.layers = named.layers_needed(self.spec)
-        self.model: Any = None
-        self._onnx: OnnxConvBase | None = None
-        if self.runtime == "onnxruntime":
-            from extractor import onnx_runtime
-
-            source, origin = onnx_runtime.load_or_export(
-                self.weights_path, self.spec.weights_sha256, self.layers, image_size
-            )
-            self._onnx = onnx_runtime.OnnxConvBase(source, threads)
-        else:
-            origin = str(self.weights_path)
-            self.model = build_keras_model(self.weights_path, image_size, self.layers)
-        logger.info("loaded VGG16 conv base (%s, %s) on %s from %s",
-                    ", ".join(self.layers), image_size, self.runtime, origin)
+        self.layers = named.layers_needed(draft)
+        self.engine: runtimes.Runtime = runtimes.load(
+            self.runtime, self.weights_path, weights_hash, self.layers, image_size,
+            precision=precision, threads=threads, quantized_sha256=quantized_sha256,
+            calibration=calibration,
+        )
+        self.spec = _spec(weights_hash, layer, image_size, self.runtime, tuple(pooled_layers),
+                          precision, self.engine.quantized_sha256)
+        logger.info("loaded VGG16 conv base (%s, %s) on %s %s from %s",
+                    ", ".join(self.layers), image_size, self.runtime, precision,
+                    self.engine.origin)
 
     def maps(self, pixels: NDArray[np.uint8]) -> dict[str, NDArray[np.float32]]:
         """Layer name -> its output maps, for each of `self.layers` (one forward pass)."""
-        x = preprocess(pixels)
-        if self._onnx is not None:
-            return self._onnx(x)
-        outputs = self.model.predict_on_batch(x)
-        if not isinstance(outputs, list | tuple):
-            outputs = [outputs]
-        return {layer: np.asarray(out, dtype=np.float32)
-                for layer, out in zip(self.layers, outputs, strict=True)}
+        return self.engine(preprocess(pixels))
 
     def __call__(self, pixels: NDArray[np.uint8]) -> named.Features:
         if pixels.shape[0] == 0:

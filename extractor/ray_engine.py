@@ -79,7 +79,9 @@ class ShardWriter:
 
         self.spec = FeatureSpec.from_dict(spec)
         self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads, pooled_layers=self.spec.pooled_layers)
+                             threads=threads, pooled_layers=self.spec.pooled_layers,
+                             precision=self.spec.precision,
+                             quantized_sha256=self.spec.quantized_sha256 or None)
         diffs = self.spec.differences(self.conv.spec)
         if diffs:
             raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from extractor.cache import (
 )
 from extractor.features import DEFAULT_POOLED_LAYERS, Features
 from extractor.images import ImageError, decode_image
+from extractor.runtimes.int8 import Int8Error
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
 from extractor.weights import resolve_weights
@@ -80,6 +81,16 @@ class Options:
                                self.augment_mode)
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
+    #: "fp32" (equal to Keras) or "int8" (the quantized model, `extractor.runtimes.int8`).
+    precision: str = "fp32"
+    #: int8 only: calibrate a new int8 model on this folder's images instead of the bundled
+    #: photos.
+    calibration: Path | None = None
+    #: int8 only: the int8 model to use, by its SHA-256 (e.g. the one a head was trained with);
+    #: None: the cache's own, else this machine's.
+    quantized_sha256: str | None = None
+    #: onnxruntime intra-op threads; None: the CPUs this process may use.
+    threads: int | None = None
 
 
 @dataclasses.dataclass
@@ -97,6 +108,7 @@ class Summary:
     extract_s: float = 0.0  # the decode + forward-pass loop alone
     class_names: list[str] = dataclasses.field(default_factory=list)
     runtime: str = ""  # what ran the conv base (recorded in the cache's metadata)
+    precision: str = "fp32"
 
     @property
     def images_per_s(self) -> float:
@@ -183,21 +195,26 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     try:
         aug.check(opts.augment_mode, opts.augment)
         bb.validate(opts.layer, opts.image_size, tuple(pooled))
-        runtime = bb.resolve_runtime(opts.runtime)
+        runtime = bb.resolve_runtime(opts.runtime, opts.precision)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
     weights_path = resolve_weights(opts.weights)
-    spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime, tuple(pooled))
+    if theirs is not None and theirs.precision != opts.precision:
+        # Refused before an int8 model is built for nothing.
+        _refuse_mix(opts.out, {"precision": (opts.precision, theirs.precision)})
+    # An int8 cache is extended with the very model that made it, found by its hash.
+    same_model = (theirs.quantized_sha256 if theirs is not None and theirs.precision == "int8"
+                  and opts.precision == "int8" else opts.quantized_sha256)
+    try:
+        spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime, tuple(pooled),
+                            precision=opts.precision, quantized_sha256=same_model,
+                            calibration=opts.calibration)
+    except (Int8Error, ValueError) as exc:
+        raise ExtractError(str(exc)) from None
     if theirs is not None:
         diffs = spec.differences(theirs)
         if diffs:
-            detail = "; ".join(
-                f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items()
-            )
-            raise ExtractError(
-                f"{opts.out} was made with other settings ({detail}). Features made differently "
-                f"are never mixed: choose another --out, or delete {opts.out} to rebuild it."
-            )
+            _refuse_mix(opts.out, diffs)
         if theirs.pooled_layers != spec.pooled_layers:
             def show(layers: tuple[str, ...]) -> str:
                 return ",".join(layers) or "none"
@@ -235,6 +252,14 @@ def lock_output(out: Path) -> Iterator[None]:
             f"{out} is being written by another extract ({exc.holder}); wait for it to finish, "
             f"or choose another --out (lock file: {exc.lock})"
         ) from None
+
+
+def _refuse_mix(out: Path, diffs: Mapping[str, tuple[object, object]]) -> None:
+    detail = "; ".join(f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items())
+    raise ExtractError(
+        f"{out} was made with other settings ({detail}). Features made differently are never "
+        f"mixed: choose another --out, or delete {out} to rebuild it."
+    )
 
 
 def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
@@ -287,12 +312,15 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
             summary.changed.add(path)
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
+    summary.precision = spec.precision
     summary.removed = sum(1 for p in previous if p not in listing.labels)
 
     if todo:
         if features_fn is None:
             features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime,
-                                      pooled_layers=spec.pooled_layers)
+                                      threads=opts.threads, pooled_layers=spec.pooled_layers,
+                                      precision=spec.precision,
+                                      quantized_sha256=spec.quantized_sha256 or None)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
@@ -361,7 +389,10 @@ def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
         keras_version = md.version("keras")
     except md.PackageNotFoundError:
         keras_version = "unknown"
+    from extractor.runtimes.cpu import detect
+
     return {
+        "cpu": detect().describe(),  # int8 features depend on it (extractor.runtimes.int8)
         "weights_source": opts.weights or "default",
         "weights_file": weights_path.name,
         "keras_version": keras_version,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -67,7 +68,8 @@ def conv_base_factory(weights_path: Path, spec: FeatureSpec) -> Backbone:
     from extractor.backbone import ConvBase
 
     return ConvBase(weights_path, image_size=spec.input_size, layer=spec.layer,
-                    pooled_layers=spec.pooled_layers)
+                    pooled_layers=spec.pooled_layers, precision=spec.precision,
+                    quantized_sha256=spec.quantized_sha256 or None)
 
 
 def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, FeatureSpec]:
@@ -75,15 +77,31 @@ def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, 
     layer and input size of `hint` (the first head's spec), else the extractor's defaults,
     with the pooled vectors of every layer `extract` stores by default. Those come from the
     same forward pass (block3 and block4 lie on the way to block5), so a head of any of them
-    is served, and a head added later by a reload finds them too."""
+    is served, and a head added later by a reload finds them too.
+
+    int8 (`settings.precision`): the int8 model that made the first head's features, found by
+    its hash (or this machine's own when it hashes the same); `StartupError` says which file to
+    copy otherwise. A head of the other precision gets no int8 model built for it: it is
+    refused by `check_heads`, which names the precision.
+    """
     from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, make_spec
     from extractor.features import DEFAULT_POOLED_LAYERS
+    from extractor.runtimes.int8 import Int8Error
     from extractor.weights import resolve_weights
 
     weights_path = resolve_weights(settings.weights)
     layer, size = (DEFAULT_LAYER, DEFAULT_IMAGE_SIZE) if hint is None else (hint.layer,
                                                                             hint.input_size)
-    return weights_path, make_spec(weights_path, layer, size, pooled_layers=DEFAULT_POOLED_LAYERS)
+    if settings.precision == "int8" and (hint is None or hint.precision == "int8"):
+        try:
+            spec = make_spec(weights_path, layer, size, runtime="onnxruntime",
+                             pooled_layers=DEFAULT_POOLED_LAYERS, precision="int8",
+                             quantized_sha256=hint.quantized_sha256 if hint else None)
+        except Int8Error as exc:
+            raise StartupError(f"cannot serve with --precision int8: {exc}") from None
+        return weights_path, spec
+    spec = make_spec(weights_path, layer, size, pooled_layers=DEFAULT_POOLED_LAYERS)
+    return weights_path, dataclasses.replace(spec, precision=settings.precision)
 
 
 def _open_heads(settings: Settings) -> tuple[HeadStore, Path, FeatureSpec]:

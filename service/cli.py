@@ -13,11 +13,12 @@ from service.config import Settings
 
 EPILOG = """\
 Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
-(FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_MAX_BATCH_SIZE,
-FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_BYTES, FEATCACHE_MAX_UPLOAD_BYTES,
-FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY, FEATCACHE_MAX_QUEUE,
-FEATCACHE_REQUEST_TIMEOUT_S, ...); options given here win. The API key is read from the
-environment only, never from the command line, where other users could see it.
+(FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_PRECISION,
+FEATCACHE_MAX_BATCH_SIZE, FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_BYTES,
+FEATCACHE_MAX_UPLOAD_BYTES, FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY,
+FEATCACHE_MAX_QUEUE, FEATCACHE_REQUEST_TIMEOUT_S, FEATCACHE_TTA, ...); options given here win.
+The API key is read from the environment (or FEATCACHE_API_KEY_FILE) only, never from the
+command line, where other users could see it.
 
 Endpoints: POST /predict, POST /predict/batch, GET /heads, POST /admin/reload, GET /metrics,
 GET /health, GET /ready, the Open Inference Protocol (KServe V2, as Triton's clients speak it)
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
     p.add_argument("--weights", help="'imagenet' or a path to the VGG16 no-top weights "
                    "(default: $FEATCACHE_WEIGHTS, else imagenet)")
+    p.add_argument("--precision", choices=["fp32", "int8"],
+                   help="conv base arithmetic: fp32 (default), or int8 for heads trained on int8 "
+                   "features (extract --precision int8); a head of the other precision is "
+                   "refused (default: $FEATCACHE_PRECISION, else fp32)")
     p.add_argument("--max-batch-size", type=int, help="most images per forward pass")
     p.add_argument("--max-wait-ms", type=float,
                    help="how long to wait for more images to fill a batch")

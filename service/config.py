@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     default_head: str | None = None
     #: 'imagenet' or a path to the VGG16 no-top weights; unset means 'imagenet'.
     weights: str | None = None
+    #: Arithmetic of the conv base: fp32, or int8 (the quantized model; heads must have been
+    #: trained on int8 features of the same model). Shared with `extract` (FEATCACHE_PRECISION).
+    precision: Literal["fp32", "int8"] = "fp32"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     #: When set, every route but /health and /ready needs it (header X-API-Key, or

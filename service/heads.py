@@ -124,11 +124,16 @@ def check_head(head: Head | ServedHead, base_spec: FeatureSpec) -> None:
     missing = base_spec.missing(head.feature_names)
     if diffs:
         detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+        if head.spec.precision != base_spec.precision:
+            hint = (f"Serve it with --precision {head.spec.precision} (FEATCACHE_PRECISION), "
+                    "or retrain it on features of this precision.")
+        else:
+            hint = ("Retrain the head on a cache extracted with these weights and settings, or "
+                    "serve it with the weights it was trained on (FEATCACHE_WEIGHTS).")
         raise HeadSpecMismatchError(
             f"refusing to serve head {head.name!r}: it was trained on features made "
             f"differently from the loaded VGG16 base's ({detail}; the head's vs the base's). "
-            "Retrain the head on a cache extracted with these weights and settings, or serve "
-            "it with the weights (and --precision) it was trained with (FEATCACHE_WEIGHTS).",
+            f"{hint}",
             fields=tuple(diffs),
         )
     if missing:

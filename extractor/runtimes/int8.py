@@ -1,0 +1,357 @@
+"""int8 inference: the fp32 ONNX conv base quantized once, deterministically, kept by its hash.
+
+How the model is made (`build`):
+
+1. The fp32 graph of the whole conv base with the outputs block3_pool, block4_pool and
+   block5_pool (`TAPS`), whatever layers a spec stores, so one int8 model serves every layer
+   and pooled-layer choice and a head trained on its features finds the same model in `serve`.
+2. Calibration: 64 crops of the photographs scikit-learn ships
+   (`extractor.runtimes.calibration`; or a folder's images with `extract --calibration DIR`),
+   run through the fp32 graph in a fixed order; the min and max of every activation tensor,
+   each widened outward to 7 significant bits (at most 1.6% wider), so that the last-bit
+   differences of fp32 kernels between CPUs cannot change the ranges.
+3. `onnxruntime.quantization.quantize_static`, QDQ format, per-channel int8 weights, uint8
+   activations, the ranges above given as `TensorQuantOverrides`.
+
+Weights: 8 bits on CPUs with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8 in /proc/cpuinfo).
+Without them (AVX2-only CPUs such as Zen 3) onnxruntime sums pairs of u8 x s8 products in 16 bits
+(VPMADDUBSW), which saturates with 8-bit weights; 7-bit weights (`reduce_range`) cannot
+saturate but measured a worst-image cosine of 0.987 to fp32 on ELPV, under the 0.99 target
+(BENCHMARKS.md, "int8"). So int8 is refused there, unless `FEATCACHE_INT8_REDUCE_RANGE=1`
+accepts 7-bit weights; set it on every machine (VNNI ones too) of a team whose machines differ,
+and they all build the same 7-bit model. A model with 8-bit weights is refused on a CPU without
+VNNI even when found by hash: its features would not be the ones it made elsewhere.
+
+The file is `vgg16-<weights sha256>-<size>-int8-<recipe key>-<model sha256>.onnx`, beside the
+fp32 export (`extractor.runtimes.store`). The recipe key hashes everything the bytes depend on
+(weights, input size, calibration images, weight bits, recipe version, onnxruntime and onnx
+versions), so
+another onnxruntime makes (and keys) its own model; the model's SHA-256 goes into the feature
+spec (`quantized_sha256`), so caches, heads and the service never mix two int8 models: a
+mismatch is refused with the file to copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from extractor.runtimes import calibration, onnx_export, store
+from extractor.runtimes.cpu import CpuInfo, detect
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the way the model is made changes.
+RECIPE_VERSION = "q1"
+TAPS = ("block3_pool", "block4_pool", "block5_pool")
+REDUCE_RANGE_ENV = "FEATCACHE_INT8_REDUCE_RANGE"
+METADATA_KEY = "featcache.int8_recipe"
+#: Significant bits kept when widening a calibrated range outward.
+RANGE_BITS = 7
+CALIBRATION_BATCH = 4
+#: Models that no folder could keep, by SHA-256: built once per process all the same.
+_IN_MEMORY: dict[str, Quantized] = {}
+
+
+class Int8Error(RuntimeError):
+    """int8 cannot run as asked here: the model that made some features is not available (the
+    message says what to copy where), or this CPU would not compute it faithfully."""
+
+
+def reduce_range(cpu: CpuInfo | None = None) -> bool:
+    """Whether to quantize weights to 7 bits here (see the module docstring)."""
+    cpu = cpu or detect()
+    setting = os.environ.get(REDUCE_RANGE_ENV, "").strip().lower()
+    if setting in ("1", "true", "yes"):
+        return True
+    if cpu.vnni:
+        return False
+    raise Int8Error(
+        f"--precision int8 needs a CPU with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8); "
+        f"this one is {cpu.describe()}. Without them 8-bit weights saturate, and 7-bit weights "
+        f"fall below the fidelity target (worst-image cosine 0.987 < 0.99 to fp32 on ELPV, "
+        f"BENCHMARKS.md). Use --precision fp32, or set {REDUCE_RANGE_ENV}=1 to accept 7-bit "
+        f"weights (on every machine that must share the model)."
+    )
+
+
+def check_cpu(rec: Mapping[str, Any], cpu: CpuInfo | None = None) -> None:
+    """Refuse a model with 8-bit weights on a CPU without VNNI (its sums would saturate)."""
+    cpu = cpu or detect()
+    if not rec.get("reduce_range", False) and not cpu.vnni:
+        raise Int8Error(
+            f"this int8 model has 8-bit weights, made for CPUs with VNNI; on this one "
+            f"({cpu.describe()}) its sums saturate and the features would differ from those it "
+            f"made elsewhere. Use --precision fp32 here, or make int8 features with "
+            f"{REDUCE_RANGE_ENV}=1 on every machine (7-bit weights, slightly less faithful)."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+    model: bytes | Path
+    sha256: str
+    origin: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSet:
+    """Images to calibrate on, with an identity that enters the recipe key."""
+
+    name: str
+    pixels: NDArray[np.uint8]
+
+    @property
+    def sha256(self) -> str:
+        return calibration.sha256(self.pixels)
+
+
+def default_calibration(image_size: int) -> CalibrationSet:
+    return CalibrationSet(calibration.CALIBRATION_ID, calibration.photos(image_size))
+
+
+def folder_calibration(directory: Path, image_size: int) -> CalibrationSet:
+    return CalibrationSet("folder", calibration.from_folder(directory, image_size))
+
+
+def recipe(weights_sha256: str, image_size: int, calib: CalibrationSet,
+           seven_bit: bool) -> dict[str, Any]:
+    """Everything the model's bytes depend on."""
+    import onnx
+    import onnxruntime
+
+    return {
+        "recipe": RECIPE_VERSION,
+        "weights_sha256": weights_sha256,
+        "input_size": image_size,
+        "taps": list(TAPS),
+        "export": onnx_export.EXPORT_VERSION,
+        "format": "QDQ",
+        "weights": "int8 per channel",
+        "activations": "uint8",
+        "reduce_range": seven_bit,
+        "ranges": f"min/max, widened to {RANGE_BITS} significant bits",
+        "calibration": calib.name,
+        "calibration_images": int(calib.pixels.shape[0]),
+        "calibration_sha256": calib.sha256,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def recipe_key(rec: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_name(weights_sha256: str, image_size: int, key: str, sha256: str) -> str:
+    return f"vgg16-{weights_sha256}-{image_size}-int8-{key}-{sha256}.onnx"
+
+
+def widen(lo: float, hi: float, bits: int = RANGE_BITS) -> tuple[float, float]:
+    """[lo, hi] rounded outward to `bits` significant bits (exact binary arithmetic), and
+    stretched to include 0, as onnxruntime's asymmetric quantization does anyway."""
+
+    def up(v: float) -> float:
+        if v <= 0.0:
+            return 0.0
+        m, e = math.frexp(v)  # v = m * 2**e, 0.5 <= m < 1
+        return math.ldexp(math.ceil(m * (1 << bits)) / (1 << bits), e)
+
+    return (-up(-lo) if lo < 0 else 0.0), (up(hi) if hi > 0 else 0.0)
+
+
+def _tensors(model: Any) -> list[str]:
+    """Every float activation tensor of an exported graph: its input and each node's outputs."""
+    names = [model.graph.input[0].name]
+    for node in model.graph.node:
+        names.extend(node.output)
+    return names
+
+
+def calibration_ranges(
+    fp32_model: bytes, calib: CalibrationSet, threads: int | None = None
+) -> dict[str, tuple[float, float]]:
+    """Min and max of every activation tensor over the calibration images, widened outward."""
+    import onnx
+
+    from extractor.images import preprocess
+    from extractor.runtimes.ort import OnnxSession
+
+    model = onnx.load_from_string(fp32_model)
+    names = _tensors(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in graph_outputs and name != model.graph.input[0].name:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(
+                name, onnx.TensorProto.FLOAT, None))
+    session = OnnxSession(model.SerializeToString(), threads)
+    lo = dict.fromkeys(names, math.inf)
+    hi = dict.fromkeys(names, -math.inf)
+    for start in range(0, len(calib.pixels), CALIBRATION_BATCH):
+        x = preprocess(calib.pixels[start : start + CALIBRATION_BATCH])
+        maps = session(x)
+        maps[names[0]] = x
+        for name in names:
+            lo[name] = min(lo[name], float(maps[name].min()))
+            hi[name] = max(hi[name], float(maps[name].max()))
+    return {name: widen(lo[name], hi[name]) for name in names}
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """quantize_static logs advice through the root logger ("consider pre-processing"); it
+    concerns models we do not quantize, so it is kept off the user's terminal."""
+    root = logging.getLogger()
+
+    def drop(record: logging.LogRecord) -> bool:
+        return record.name != "root"
+
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def quantize(fp32_model: bytes, ranges: Mapping[str, tuple[float, float]],
+             sample: NDArray[np.float32], rec: Mapping[str, Any]) -> bytes:
+    """The QDQ int8 model of `fp32_model` with these activation ranges (see the module doc)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class OneBatch(CalibrationDataReader):
+        # quantize_static insists on calibrating; every range is overridden, so one batch does.
+        def __init__(self) -> None:
+            self.items = iter([{onnx_export.INPUT_NAME: sample}])
+
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            return next(self.items, None)
+
+    overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                 for name, (lo, hi) in ranges.items()}
+    with tempfile.TemporaryDirectory(prefix="featcache-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32_model)
+        with _quiet_root_logger():
+            quantize_static(
+                str(src), str(dst), OneBatch(),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                reduce_range=bool(rec["reduce_range"]),
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"TensorQuantOverrides": overrides},
+            )
+        model = onnx.load(str(dst))
+    model.producer_name = "featcache"
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(rec, sort_keys=True)})
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def build(weights_path: Path, weights_sha256: str, image_size: int, calib: CalibrationSet,
+          seven_bit: bool, threads: int | None = None) -> bytes:
+    """The int8 model's bytes (seconds to a minute: one calibration pass, then quantization)."""
+    from extractor.images import preprocess
+
+    rec = recipe(weights_sha256, image_size, calib, seven_bit)
+    fp32, _ = onnx_export.load_or_export(weights_path, weights_sha256, TAPS, image_size)
+    fp32_bytes = fp32.read_bytes() if isinstance(fp32, Path) else fp32
+    ranges = calibration_ranges(fp32_bytes, calib, threads)
+    return quantize(fp32_bytes, ranges, preprocess(calib.pixels[:1]), rec)
+
+
+def _verified(path: Path, sha256: str | None = None) -> Quantized | None:
+    """The model at `path` when its bytes hash to the name's (or `sha256`); None otherwise."""
+    want = sha256 or path.stem.rsplit("-", 1)[-1]
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != want:
+        logger.warning("ignoring %s: its SHA-256 is %s, not the %s its name says (a damaged or "
+                       "partial copy)", path, got, want)
+        return None
+    return Quantized(path, got, str(path))
+
+
+def find(weights_path: Path, sha256: str) -> Quantized | None:
+    """The int8 model with this SHA-256, if one is kept here."""
+    if sha256 in _IN_MEMORY:
+        return _IN_MEMORY[sha256]
+    for path in store.find(weights_path, f"vgg16-*-int8-*-{sha256}.onnx"):
+        found = _verified(path, sha256)
+        if found is not None:
+            return found
+    return None
+
+
+def prepare(
+    weights_path: Path, weights_sha256: str, image_size: int, *, want_sha256: str | None = None,
+    calib: CalibrationSet | None = None, threads: int | None = None,
+) -> Quantized:
+    """The int8 model for these weights and input size: found by hash, or built once and kept.
+
+    `want_sha256` asks for the model that made existing features (a cache being extended, a
+    head being served): found by its hash where it is kept, else this machine's own model must
+    hash the same, or `Int8Error` says which file to copy where.
+    """
+    if want_sha256:
+        found = find(weights_path, want_sha256)
+        if found is not None:
+            return found
+    calib = calib or default_calibration(image_size)
+    seven_bit = reduce_range()
+    key = recipe_key(recipe(weights_sha256, image_size, calib, seven_bit))
+    pattern = model_name(weights_sha256, image_size, key, "*")
+    model = next((q for p in store.find(weights_path, pattern) if (q := _verified(p))), None)
+    if model is None:
+        model = next((q for q in _IN_MEMORY.values() if q.origin == f"memory:{key}"), None)
+    if model is None:
+        info = detect()
+        logger.warning("building the int8 model of the VGG16 conv base (%dx%d, %d-bit weights, "
+                       "calibration: %s; once per weights, size and onnxruntime version: up to "
+                       "a minute) on %s", image_size, image_size, 7 if seven_bit else 8,
+                       calib.name, info.describe())
+        data = build(weights_path, weights_sha256, image_size, calib, seven_bit, threads)
+        sha = hashlib.sha256(data).hexdigest()
+        path = store.keep(data, weights_path, model_name(weights_sha256, image_size, key, sha),
+                          "int8 model")
+        if path is not None:
+            model = Quantized(path, sha, str(path))
+        else:
+            model = _IN_MEMORY[sha] = Quantized(data, sha, f"memory:{key}")
+    if want_sha256 and model.sha256 != want_sha256:
+        import onnxruntime
+
+        folders = ", ".join(map(str, store.candidate_dirs(weights_path)))
+        raise Int8Error(
+            f"the features were made by the int8 model with quantized_sha256 {want_sha256}, "
+            f"which is not kept here (looked in {folders}), and this machine's onnxruntime "
+            f"{onnxruntime.__version__} makes {model.sha256} instead. Copy the file "
+            f"vgg16-*-int8-*-{want_sha256}.onnx from the machine that made the features into "
+            f"one of those folders (or set FEATCACHE_HOME to a folder whose onnx/ holds it), "
+            f"or make the features again here with --precision int8."
+        )
+    return model
+
+
+def model_recipe(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The recipe stored in an int8 model's metadata (empty for a model made elsewhere)."""
+    text = metadata.get(METADATA_KEY)
+    return dict(json.loads(text)) if text else {}
