@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from extractor.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +59,9 @@ def writable_dir(folder: Path) -> bool:
 
 
 def save_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; others may share this cache
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` whole or not at all (`extractor.atomic`, the project's one way)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def keep(data: bytes, weights_path: Path, name: str, what: str) -> Path | None:

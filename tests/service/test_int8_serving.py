@@ -72,7 +72,7 @@ def test_int8_head_is_served_by_its_own_model_found_by_hash(
                            quantized_sha256=spec.quantized_sha256)
     built: list[FeatureSpec] = []
 
-    def factory(weights: Path, size: int, layer: str, expected: FeatureSpec):  # type: ignore[no-untyped-def]
+    def factory(weights: Path, expected: FeatureSpec):  # type: ignore[no-untyped-def]
         built.append(expected)
         fake = make_fake()
         fake.spec = expected
