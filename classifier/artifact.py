@@ -87,8 +87,7 @@ def save_head(
     temporary name and renamed into place, so a crash never leaves half an artifact.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ArtifactError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    check_replaceable(out, overwrite)
     classes = [int(c) for c in head.classes_]
     names = [class_names[c] for c in classes]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +127,45 @@ def save_head(
             **dict(extra or {}),
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
+        check_replaceable(out, overwrite)  # again: the folder may have changed while training
+        previous = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
-            shutil.rmtree(out)
+            os.replace(out, previous)  # the old head stays whole until the new one is in place
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(previous, ignore_errors=True)
     logger.info("saved %s head to %s", head.kind, out)
     return out
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to write a head at `out` unless it is free, or `overwrite` and it holds a head.
+
+    `--force` replaces a previous head, never anything else that happens to be at `--out`:
+    a folder without head metadata (your images, another tool's output) or a file is refused,
+    with nothing removed. An empty folder holds nothing to lose and is replaced.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ArtifactError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ArtifactError(f"{out} is not a head artifact (not a directory); refusing to "
+                            "replace it: choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not (out / METADATA).is_file():
+        why = f"no {METADATA}"
+    else:
+        try:
+            read_metadata(out)
+            return
+        except ArtifactError:
+            why = f"its {METADATA} is not featcache head metadata"
+    raise ArtifactError(f"{out} is not a head artifact ({why}); refusing to replace it and "
+                        "its files: choose another output path")
 
 
 class LoadedHead:
