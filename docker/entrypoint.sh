@@ -52,8 +52,10 @@ if [ -z "$uid" ] && [ -n "$folder" ] && [ -d "$folder" ]; then
 fi
 uid="${uid:-10001}"
 gid="${gid:-$uid}"
-if [ "$uid" != 10001 ]; then
-    # app's home is not writable for another user; caches that want a home get /tmp.
+# HOME is still root's; caches (ONNX exports, matplotlib) need one this user can write.
+if [ "$uid" = 10001 ]; then
+    export HOME=/home/app
+else
     export HOME=/tmp
 fi
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"

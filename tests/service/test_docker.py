@@ -59,9 +59,11 @@ class Compose:
         self.env = {**env, "COMPOSE_PROJECT_NAME": f"featcache-test-{uuid.uuid4().hex[:8]}"}
         self.files = [arg for f in files for arg in ("-f", f)]
 
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "compose", *self.files, *args], cwd=self.cwd,
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+                              env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
 
     def up(self, *args: str) -> None:
         started = time.monotonic()
@@ -118,16 +120,19 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
 ) -> None:
     """The README's first command, as written, on a fresh clone with no head: the one-off job
     trains one on the demo set built into the image, then `api` answers /predict."""
-    assert not (fresh_clone / "heads" / "head").exists()
     heads = fresh_clone / "heads"
-    # The head must end up owned by whoever owns ./heads (docker/entrypoint.sh), not by root.
-    owner = 4321 if os.geteuid() == 0 else os.geteuid()
-    if os.geteuid() == 0:
-        os.chown(heads, owner, owner)
+    assert not (heads / "head").exists()
+    # What the job writes belongs to the owner of ./heads (docker/entrypoint.sh), never root:
+    # a clone made by root (CI) hands ./heads to the image's user, app (10001).
+    owner = 10001 if os.geteuid() == 0 else os.geteuid()
     port = _free_port()
     compose = Compose(fresh_clone, _docker_env({
         "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
     compose_down.append(compose)
+    # As on a fresh machine the image is missing, so `up` builds it (from the layer cache
+    # when an earlier run left one: seconds), and never runs a stale image.
+    subprocess.run(["docker", "image", "rm", "--force", IMAGE], env=compose.env,
+                   capture_output=True, timeout=120)
     compose.up("-d", "--wait", "api")
 
     head = heads / "head"
@@ -150,6 +155,18 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
     logs = compose("logs", "--no-color", "first-head").stdout
     assert logs.count("training one on the demo set") == 1
     assert "holds a head already" in logs
+
+    # A folder owned by an ordinary user: the job runs as that user, with a home it can write.
+    if os.geteuid() == 0:
+        mine = fresh_clone / "heads-of-4321"
+        mine.mkdir()
+        os.chown(mine, 4321, 4322)
+        probe = compose("run", "--rm", "--no-deps", "first-head",
+                        "sh", "-c", 'id -u; id -g; touch "$HOME/x" /heads/probe',
+                        env={"FEATCACHE_HEADS_DIR": str(mine)}, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split()[-2:] == ["4321", "4322"]
+        assert ((mine / "probe").stat().st_uid, (mine / "probe").stat().st_gid) == (4321, 4322)
 
 
 def _world_readable(folder: Path) -> None:
