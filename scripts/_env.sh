@@ -36,8 +36,9 @@ sys.exit(not (sys.version_info[:2] == (3, 11) and sys.platform == "linux"
       "ranges instead" >&2
     pip_quiet install -q -e ".[dev]" || { echo "[setup] installation failed" >&2; exit 1; }
   fi
-  "$VENV/bin/python" -c "import extractor, tensorflow, h5py, sklearn, fastapi" \
-    || { echo "[setup] installation failed" >&2; exit 1; }
+  check="import extractor, tensorflow, h5py, sklearn, fastapi"
+  "$VENV/bin/python" -c "$check" >/dev/null 2>&1 \
+    || { "$VENV/bin/python" -c "$check"; echo "[setup] installation failed" >&2; exit 1; }
   touch "$stamp"
 fi
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
