@@ -89,8 +89,7 @@ def save_head(
     leaves half an artifact, and a failure leaves nothing behind.
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise ArtifactError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    check_replaceable(out, overwrite)
     classes = [int(c) for c in head.classes_]
     names = [class_names[c] for c in classes]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +125,37 @@ def save_head(
             **dict(extra or {}),
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
+        check_replaceable(out, overwrite)  # again: the folder may have changed while training
     logger.info("saved %s head to %s", head.kind, out)
     return out
+
+
+def check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to write a head at `out` unless it is free, or `overwrite` and it holds a head.
+
+    `--force` replaces a previous head, never anything else that happens to be at `--out`:
+    a folder without head metadata (your images, another tool's output) or a file is refused,
+    with nothing removed. An empty folder holds nothing to lose and is replaced.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ArtifactError(f"{out} already exists; pass overwrite=True (--force) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise ArtifactError(f"{out} is not a head artifact (not a directory); refusing to "
+                            "replace it: choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not (out / METADATA).is_file():
+        why = f"no {METADATA}"
+    else:
+        try:
+            read_metadata(out)
+            return
+        except ArtifactError:
+            why = f"its {METADATA} is not featcache head metadata"
+    raise ArtifactError(f"{out} is not a head artifact ({why}); refusing to replace it and "
+                        "its files: choose another output path")
 
 
 class LoadedHead:

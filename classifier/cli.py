@@ -108,7 +108,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    "(same as --head finetune)")
     p.add_argument("--out", type=Path, default=None,
                    help="artifact directory to create (default: heads/<head>)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it holds a head (anything else there is refused)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the split, initialisation and shuffling (default: %(default)s)")
     p.add_argument("--pooling", choices=("flatten", "avg", "max", "avgmax"), default=None,

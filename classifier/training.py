@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.artifact import save_head
+from classifier.artifact import check_replaceable, save_head
 from classifier.data import Subset, training_data
 from classifier.dense import DenseHead
 from classifier.errors import DataError
@@ -66,6 +66,7 @@ def train(
     `classifier.views`). Raises `DataError`, `extractor.SpecMismatchError` or
     `extractor.CacheError` (with a one-line message) for unusable input.
     """
+    check_replaceable(Path(out_dir), overwrite)  # before training, not after
     params = dict(params or {})
     params.setdefault("seed", seed)
     if head not in (*HEADS, "auto"):

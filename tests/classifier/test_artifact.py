@@ -124,6 +124,45 @@ def test_existing_output_needs_overwrite(make_cache: MakeCache, tmp_path: Path) 
     assert train(cache, out, head="logreg", overwrite=True) == out
 
 
+@pytest.mark.parametrize("content", ["unrelated_files", "broken_metadata", "a_file"])
+def test_overwrite_never_removes_what_is_not_a_head(
+    content: str, make_cache: MakeCache, tmp_path: Path
+) -> None:
+    """--force replaces a head, never a folder of other files (or a file) that happens to be
+    at --out: they survive, and the error says why."""
+    cache = make_cache()
+    out = tmp_path / "precious"
+    if content == "a_file":
+        out.write_text("notes")
+        kept = {out: "notes"}
+    else:
+        (out / "photos").mkdir(parents=True)
+        kept = {out / "thesis.tex": "chapter 1", out / "photos" / "cat.jpg": "jpeg"}
+        if content == "broken_metadata":
+            kept[out / "metadata.json"] = '{"format": "something-else/1"}'
+        for path, text in kept.items():
+            path.write_text(text)
+    with pytest.raises(ArtifactError, match="not a head artifact") as info:
+        train(cache, out, head="logreg", overwrite=True)
+    assert str(out) in str(info.value) and "refusing to replace" in str(info.value)
+    assert {path: path.read_text() for path in kept} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["precious", "train.h5"])
+
+
+def test_overwrite_replaces_a_head_and_an_empty_folder(
+    make_cache: MakeCache, tmp_path: Path
+) -> None:
+    cache = make_cache()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_head(train(cache, empty, head="logreg", overwrite=True)).kind == "logreg"
+    head = train(cache, tmp_path / "h", head="logreg")
+    (head / "notes.txt").write_text("stale")  # inside a head: the head's own folder, replaced
+    assert load_head(train(cache, head, head="svm", overwrite=True)).kind == "svm"
+    assert not (head / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "h", "train.h5"]
+
+
 def test_validation_cache_made_differently_is_refused(
     make_cache: MakeCache, tmp_path: Path
 ) -> None:

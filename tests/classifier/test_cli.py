@@ -41,6 +41,19 @@ def test_bad_input_is_one_line(make_cache: MakeCache, tmp_path: Path, capsys) ->
     assert "weights_sha256" in err and err.count("\n") == 1
 
 
+def test_force_refuses_a_folder_that_is_not_a_head(  # type: ignore[no-untyped-def]
+    make_cache: MakeCache, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "images.txt").write_text("keep me")
+    assert train_main(["--cache", str(make_cache()), "--out", str(out), "--force", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train-head: error:") and "not a head artifact" in err
+    assert err.count("\n") == 1
+    assert (out / "images.txt").read_text() == "keep me"
+
+
 def test_bad_arguments_exit_2(make_cache: MakeCache) -> None:
     with pytest.raises(SystemExit) as info:
         train_main(["--cache", str(make_cache()), "--val-split", "1.5"])

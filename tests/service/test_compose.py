@@ -1,70 +1,116 @@
-"""The compose file and Dockerfile, read statically: they name what the service needs."""
+"""The compose file and Dockerfile, read statically: they name what the service needs.
+
+(`test_docker.py` runs them for real; this catches a broken edit in a second.)
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-DOCKER = Path(__file__).resolve().parents[2] / "docker"
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS_TARGET = "/weights/vgg16_notop.h5"
 
 
 def _target(volume: str) -> str:
-    """'${SRC:-../x}:/x:ro' -> '/x'."""
+    """'${SRC:-./x}:/x:ro' -> '/x'."""
     path = volume.removesuffix(":ro").removesuffix(":rw")
     return path.rsplit(":", 1)[1]
 
 
-def _compose(name: str = "compose.yml") -> dict:  # type: ignore[type-arg]
-    return yaml.safe_load((DOCKER / name).read_text())
+def _compose(name: str = "compose.yaml") -> dict[str, Any]:
+    return yaml.safe_load((ROOT / name).read_text())  # type: ignore[no-any-return]
 
 
 def test_api_service() -> None:
     api = _compose()["services"]["api"]
     assert api["command"][0] == "serve"
-    assert "--head" in api["command"] and api["command"][api["command"].index("--head") + 1] \
-        .startswith("/heads/")
+    assert api["command"][api["command"].index("--head") + 1].startswith("/heads/")
     assert api["command"][1:3] == ["--host", "0.0.0.0"]
     assert any(p.endswith(":8000") for p in api["ports"]), api["ports"]
-    assert any(_target(v) == "/heads" for v in api["volumes"]), api["volumes"]
+    assert any(_target(v) == "/heads" and v.endswith(":ro") for v in api["volumes"])
     test = api["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL" and "/ready" in test[1]
-    assert api["build"]["dockerfile"] == "docker/Dockerfile" and api["build"]["context"] == ".."
+    assert api["build"]["dockerfile"] == "docker/Dockerfile" and api["build"]["context"] == "."
     assert "FETCH_WEIGHTS" in api["build"]["args"]
+    assert "user" not in api  # the image's own unprivileged user
+    limits = api["deploy"]["resources"]["limits"]
+    assert limits["memory"] and limits["cpus"]
+
+
+def test_up_trains_a_first_head_before_serving() -> None:
+    services = _compose()["services"]
+    assert services["api"]["depends_on"] == {
+        "first-head": {"condition": "service_completed_successfully"}}
+    job = services["first-head"]
+    assert job["command"] == ["featcache-first-head"]
+    assert "profiles" not in job  # `up` runs it
+    assert job["environment"]["FEATCACHE_RUN_AS_OWNER_OF"] == "/heads"
+    assert any(_target(v) == "/heads" and not v.endswith(":ro") for v in job["volumes"])
+    assert any(_target(v) == "/data" and v.endswith(":ro") for v in job["volumes"])
+    assert job["image"] == services["api"]["image"]
 
 
 def test_one_off_jobs() -> None:
     services = _compose()["services"]
-    for name, entry in (("extract", "extract"), ("train-head", "train-head")):
+    for name, writes in (("extract", "/data"), ("train-head", "/heads")):
         job = services[name]
-        assert job["entrypoint"] == [entry]
+        assert job["entrypoint"] == ["featcache-entrypoint", name]
         assert job["profiles"] == ["jobs"]  # not started by `up`
+        assert job["user"] == "root"  # only to become the folder's owner: docker/entrypoint.sh
+        assert job["environment"]["FEATCACHE_RUN_AS_OWNER_OF"] == writes
         assert any(_target(v) == "/data" for v in job["volumes"])
     assert any(_target(v) == "/heads" and not v.endswith(":ro")
                for v in services["train-head"]["volumes"])
 
 
-def test_offline_override_mounts_the_weights() -> None:
-    api = _compose("compose.offline.yml")["services"]["api"]
-    assert api["build"]["args"]["FETCH_WEIGHTS"] == "0"
-    target = api["environment"]["FEATCACHE_WEIGHTS"]
-    assert any(_target(v) == target for v in api["volumes"])
+def test_every_service_can_get_the_weights_from_a_mounted_file() -> None:
+    compose = _compose()
+    for name, service in compose["services"].items():
+        mounts = [v for v in service["volumes"] if _target(v) == WEIGHTS_TARGET]
+        assert mounts == [
+            "${FEATCACHE_WEIGHTS_FILE:-./docker/no-weights-file}:/weights/vgg16_notop.h5:ro"
+        ], name
+    assert (ROOT / "docker/no-weights-file").read_bytes() == b""  # the placeholder: ignored
+    entrypoint = (ROOT / "docker/entrypoint.sh").read_text()
+    assert f"[ -s {WEIGHTS_TARGET} ]" in entrypoint
+    assert f"FEATCACHE_WEIGHTS={WEIGHTS_TARGET}" in entrypoint
+    args = compose["x-featcache"]["build"]["args"]
+    assert args["FETCH_WEIGHTS"] == "${FEATCACHE_FETCH_WEIGHTS:-${FEATCACHE_WEIGHTS_FILE:+0}}"
 
 
-def test_dockerfile_runs_the_same_serve_entry_point() -> None:
-    text = (DOCKER / "Dockerfile").read_text()
-    assert re.search(r'^CMD \["serve"', text, re.M)
+def test_api_key_secret_example() -> None:
+    override = _compose("docker/compose.api-key.yml")
+    api = override["services"]["api"]
+    assert api["secrets"] == ["api_key"]
+    assert api["environment"]["FEATCACHE_API_KEY_FILE"] == "/run/secrets/api_key"
+    assert "FEATCACHE_API_KEY_SECRET" in override["secrets"]["api_key"]["file"]
+
+
+def test_dockerfile() -> None:
+    text = (ROOT / "docker/Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)
+    assert [s for _, s in stages] == ["base", "deps", "demo-data", "serve"]  # serve: default
+    assert re.search(r'^ENTRYPOINT \["featcache-entrypoint"\]$', text, re.M)
+    assert re.search(r'^CMD \["serve"\]$', text, re.M)
     assert re.search(r"^USER app$", text, re.M)
     assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/ready" in text
     assert "ARG FETCH_WEIGHTS=1" in text
     assert "python3 -m pip install" in text
-    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    # Dependencies from the lock before the code: editing the code keeps TensorFlow's layer.
+    assert text.index("requirements/runtime.txt") < text.index("COPY extractor extractor")
+    pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'serve = "service.cli:main"' in pyproject
 
 
 def test_build_context_is_small() -> None:
-    ignore = (DOCKER.parent / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") if "*" in ignore else 0] == "*"
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ignore[0] == "*"
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert kept == {"pyproject.toml", "README.md", "extractor", "classifier", "service"}
+    assert kept == {"requirements/runtime.txt", "requirements/demo.txt", "pyproject.toml",
+                    "README.md", "extractor", "classifier", "service",
+                    "scripts/make_demo_data.py", "docker/entrypoint.sh", "docker/first-head.sh"}

@@ -1,32 +1,43 @@
-"""The real image: built, started with `docker compose up --wait`, asked to predict.
+"""The real image and the real compose file: built, started with `docker compose up`, asked.
 
 Needs a Docker engine (on our machines: ../shared/containers/setup.sh, which serves the Docker
-API from podman). The ImageNet weights cannot be downloaded here, so the build skips them
-(FETCH_WEIGHTS=0, via docker/compose.offline.yml) and the shared file is mounted instead.
+API from podman). This machine is offline, so every run takes the offline path the README
+gives (FEATCACHE_WEIGHTS_FILE: no download at build time, the shared file mounted instead).
+
+Both tests build the same image (one tag, FEATCACHE_IMAGE), so the second build is all layer
+cache; each runs under a compose project of its own and takes it down again. Besides
+FEATCACHE_WEIGHTS_FILE they set only what keeps a test run apart from anything else on the
+machine: the project name, the image tag and a free port.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
+IMAGE = "featcache:test"
+BUILD_TIMEOUT_S = 1800  # a first build installs TensorFlow: minutes
 
 
 def _docker_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, "DOCKER_BUILDKIT": "0", **extra}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATCACHE_", "COMPOSE_"))}
+    env.update({"DOCKER_BUILDKIT": "0", "FEATCACHE_IMAGE": IMAGE, **extra})
     if "DOCKER_HOST" not in env and PODMAN_SOCKET.exists():
         env["DOCKER_HOST"] = f"unix://{PODMAN_SOCKET}"
     return env
@@ -38,66 +49,198 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Compose:
+    """`docker compose` in `cwd` under a project name of its own; `down` removes it all."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], files: tuple[str, ...] = ()) -> None:
+        if shutil.which("docker") is None:
+            pytest.fail("no docker client: run ../shared/containers/setup.sh (or install Docker)")
+        self.cwd = cwd
+        self.env = {**env, "COMPOSE_PROJECT_NAME": f"featcache-test-{uuid.uuid4().hex[:8]}"}
+        self.files = [arg for f in files for arg in ("-f", f)]
+
+    def __call__(self, *args: str, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", "compose", *self.files, *args], cwd=self.cwd,
+                              env={**self.env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def up(self, *args: str) -> None:
+        started = time.monotonic()
+        up = self("up", *args, timeout=BUILD_TIMEOUT_S)
+        print(f"docker compose up {' '.join(args)}: {time.monotonic() - started:.0f}s")
+        if up.returncode != 0:
+            logs = self("logs", "--no-color", timeout=60)
+            pytest.fail(f"compose up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}\n"
+                        f"logs:\n{logs.stdout}\n{logs.stderr}")
+
+    def down(self) -> None:
+        self("down", "--volumes", "--remove-orphans", "--timeout", "10")
+
+
+@pytest.fixture
+def fresh_clone(tmp_path: Path) -> Path:
+    """The repository as a fresh clone of this working tree would be: tracked files and new
+    ones git does not ignore, as they are now (uncommitted edits included), and nothing else:
+    no heads, no data, no venv."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], cwd=REPO, capture_output=True, check=True)
+    clone = tmp_path / "featcache"
+    for name in files.stdout.decode().split("\0"):
+        source = REPO / name
+        if name and source.is_file():  # a deleted, not yet committed file is listed but gone
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name)
+    clone.chmod(0o755)
+    return clone
+
+
+@pytest.fixture
+def face_png() -> bytes:
+    """A face the demo head never trained on (LFW subset image 0 is in the demo's validation
+    split: scripts/make_demo_data.py)."""
+    from skimage.data import lfw_subset
+
+    face = (lfw_subset()[0] * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def compose_down() -> Iterator[list[Compose]]:
+    projects: list[Compose] = []
+    yield projects
+    for project in projects:
+        project.down()
+
+
+def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
+    fresh_clone: Path, weights_path: Path, face_png: bytes, compose_down: list[Compose]
+) -> None:
+    """The README's first command, as written, on a fresh clone with no head: the one-off job
+    trains one on the demo set built into the image, then `api` answers /predict."""
+    heads = fresh_clone / "heads"
+    assert not (heads / "head").exists()
+    # What the job writes belongs to the owner of ./heads (docker/entrypoint.sh), never root:
+    # a clone made by root (CI) hands ./heads to the image's user, app (10001).
+    owner = 10001 if os.geteuid() == 0 else os.geteuid()
+    port = _free_port()
+    compose = Compose(fresh_clone, _docker_env({
+        "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
+    compose_down.append(compose)
+    # As on a fresh machine the image is missing, so `up` builds it (from the layer cache
+    # when an earlier run left one: seconds), and never runs a stale image.
+    subprocess.run(["docker", "image", "rm", "--force", IMAGE], env=compose.env,
+                   capture_output=True, timeout=120)
+    compose.up("-d", "--wait", "api")
+
+    head = heads / "head"
+    assert (head / "metadata.json").is_file()
+    assert {p.stat().st_uid for p in [head, *head.iterdir()]} == {owner}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["heads"] == ["head"]
+        info = client.get("/heads").json()["heads"]
+        assert [(h["name"], h["classes"]) for h in info] == [("head", ["face", "non_face"])]
+        r = client.post("/predict", files={"file": ("face.png", face_png, "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["head"] == "head" and body["label"] == "face", body
+        assert body["probabilities"]["face"] > 0.5
+
+    # Again: the head is there now, so the job leaves it and `api` keeps serving.
+    compose.up("-d", "--wait", "api")
+    logs = compose("logs", "--no-color", "first-head").stdout
+    assert logs.count("training one on the demo set") == 1
+    assert "holds a head already" in logs
+
+    # A folder owned by an ordinary user: the job runs as that user, with a home it can write.
+    if os.geteuid() == 0:
+        mine = fresh_clone / "heads-of-4321"
+        mine.mkdir()
+        os.chown(mine, 4321, 4322)
+        probe = compose("run", "--rm", "--no-deps", "first-head",
+                        "sh", "-c", 'id -u; id -g; touch "$HOME/x" /heads/probe',
+                        env={"FEATCACHE_HEADS_DIR": str(mine)}, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split()[-2:] == ["4321", "4322"]
+        assert ((mine / "probe").stat().st_uid, (mine / "probe").stat().st_gid) == (4321, 4322)
+
+
 def _world_readable(folder: Path) -> None:
-    """The container runs as an unprivileged user; pytest's tmp folders are 0700."""
+    """The server runs as an unprivileged user; pytest's tmp folders are 0700."""
     folder.chmod(0o755)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def test_compose_up_serves_a_mounted_head(
-    head_dir: Path, weights_path: Path, elpv_images: list[Path], tmp_path: Path
+def test_served_head_predicts_as_in_process_with_the_api_key_from_a_secret(
+    head_dir: Path, weights_path: Path, elpv_images: list[Path], tmp_path: Path,
+    compose_down: list[Compose],
 ) -> None:
-    if shutil.which("docker") is None:
-        pytest.fail("no docker client: run ../shared/containers/setup.sh (or install Docker)")
+    """A head trained here, mounted into the image: the container answers what the same head
+    and weights give in this process; the API key comes from a Compose secret file."""
     heads = tmp_path / "heads"
     shutil.copytree(head_dir, heads / "served")
     _world_readable(heads)
+    key_file = tmp_path / "api-key.txt"
+    key_file.write_text("s3cret-from-a-file\n")
+    key_file.chmod(0o644)
+    _world_readable(tmp_path)
     port = _free_port()
-    project = f"featcache-test-{uuid.uuid4().hex[:8]}"
-    env = _docker_env({
-        "FEATCACHE_HEADS_DIR": str(heads),
-        "FEATCACHE_HEAD": "served",
-        "FEATCACHE_HOST_PORT": str(port),
-        "FEATCACHE_WEIGHTS_FILE": str(weights_path),
-        "FEATCACHE_API_KEY": "",
-    })
-    compose = ["docker", "compose", "-p", project, "-f", str(REPO / "docker/compose.yml"),
-               "-f", str(REPO / "docker/compose.offline.yml")]
+    compose = Compose(REPO, _docker_env({
+        "FEATCACHE_HEADS_DIR": str(heads), "FEATCACHE_HEAD": "served",
+        "FEATCACHE_HOST_PORT": str(port), "FEATCACHE_WEIGHTS_FILE": str(weights_path),
+        "FEATCACHE_API_KEY_SECRET": str(key_file),
+    }), files=("compose.yaml", "docker/compose.api-key.yml"))
+    compose_down.append(compose)
+    compose.up("-d", "--build", "--wait", "api")
 
-    def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*compose, *args], env=env, cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout)
+    image = elpv_images[0]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        assert client.get("/ready").json()["heads"] == ["served"]
+        files = {"file": (image.name, image.read_bytes())}
+        assert client.post("/predict", files=files).status_code == 401
+        r = client.post("/predict", files=files, headers={"X-API-Key": "s3cret-from-a-file"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["head"] == "served" and body["cached"] is False
+        # Same answer as the head gives on the same image in this process.
+        from classifier.artifact import load_head
+        from extractor.backbone import ConvBase
+        from extractor.images import decode_image
 
-    started = time.monotonic()
-    try:
-        up = run("up", "-d", "--build", "--wait", "--wait-timeout", "300", "api", timeout=1200)
-        if up.returncode != 0:
-            logs = run("logs", "--no-color", "api", timeout=60)
-            pytest.fail(f"compose up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}\n"
-                        f"logs:\n{logs.stdout}\n{logs.stderr}")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            ready = client.get("/ready")
-            assert ready.status_code == 200, ready.text
-            assert ready.json()["heads"] == ["served"]
-            image = elpv_images[0]
-            r = client.post("/predict", files={"file": (image.name, image.read_bytes())})
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert body["head"] == "served" and body["cached"] is False
-            # Same answer as the head gives on the same image in this process.
-            from classifier.artifact import load_head
-            from extractor.backbone import ConvBase
-            from extractor.images import decode_image
+        head = load_head(head_dir)
+        from extractor.features import DEFAULT_POOLED_LAYERS
 
-            head = load_head(head_dir)
-            base = ConvBase(weights_path)
-            maps = base(decode_image(image.read_bytes(), 150)[None])["block5_pool"]
-            want = head.predict_proba(maps)[0]
-            got = [body["probabilities"][c] for c in head.classes_]
-            np.testing.assert_allclose(got, want, atol=1e-3)
-            bad = client.post("/predict", files={"file": ("x.txt", b"not an image")})
-            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_image"
-    finally:
-        run("down", "--volumes", "--remove-orphans", "--timeout", "10", timeout=300)
-        print(f"docker test: {time.monotonic() - started:.0f}s")
+        base = ConvBase(weights_path, pooled_layers=DEFAULT_POOLED_LAYERS)
+        want = head.predict_proba(base(decode_image(image.read_bytes(), 150)[None]))[0]
+        got = [body["probabilities"][c] for c in head.classes_]
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        bad = client.post("/predict", files={"file": ("x.txt", b"not an image")},
+                          headers={"X-API-Key": "s3cret-from-a-file"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_image"
+    # The key never reached the container's environment.
+    env = compose("exec", "-T", "api", "env").stdout
+    assert "s3cret" not in env and "FEATCACHE_API_KEY_FILE=/run/secrets/api_key" in env
+
+
+def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path: Path) -> None:
+    """One compose file, no -f: the weights are downloaded at build time unless
+    FEATCACHE_WEIGHTS_FILE is set, in which case the download is skipped and the file mounted."""
+    import json
+
+    for offline in (False, True):
+        extra = {"FEATCACHE_WEIGHTS_FILE": str(weights_path)} if offline else {}
+        out = Compose(fresh_clone, _docker_env(extra))("config", "--format", "json", timeout=60)
+        assert out.returncode == 0, out.stderr
+        config = json.loads(out.stdout)
+        for name in ("first-head", "api"):
+            service = config["services"][name]
+            assert service["build"]["args"]["FETCH_WEIGHTS"] == ("0" if offline else "")
+            mount = next(v for v in service["volumes"] if v["target"] == "/weights/vgg16_notop.h5")
+            source = Path(mount["source"])
+            assert source == (weights_path if offline else fresh_clone / "docker/no-weights-file")
+            assert mount["read_only"] is True
