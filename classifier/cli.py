@@ -1,18 +1,18 @@
 """`train-head` and `evaluate`: the classifier's command lines.
 
 Heavy imports (TensorFlow, scikit-learn) happen inside the command bodies so `--help` is instant.
-Bad input exits 1 with one line on stderr; bad arguments exit 2 (argparse).
+Bad input exits 1 with one line on stderr; bad arguments exit 2 (argparse); Ctrl-C 130
+(`extractor.console`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from extractor import console
 
 TRAIN_EPILOG = """\
 Heads (each reads named features of the cache: pooled vectors of one or several layers, or
@@ -49,7 +49,8 @@ after training, never to choose settings.
 
 The artifact directory (--out) holds the model (model.keras or model.skops), metadata.json
 (classes, feature spec, params, metrics, versions), confusion_matrix.png and, for dense heads,
-training_curves.png. Exit status: 0 on success, 1 for unusable input, 2 for bad arguments.
+training_curves.png. Exit status: 0 on success, 1 for unusable input, 2 for bad arguments,
+130 when interrupted (nothing is written: --out appears only once complete).
 """
 
 
@@ -78,9 +79,9 @@ def _layer_list(text: str) -> list[str]:
     return layers
 
 
-def build_train_parser() -> argparse.ArgumentParser:
+def build_train_parser(prog: str = "train-head") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="train-head",
+        prog=prog,
         description="Train a classifier head on a feature cache, evaluate it on validation "
         "data and save it as an artifact directory the service can load.",
         epilog=TRAIN_EPILOG,
@@ -148,6 +149,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="VGG16 weights block5 starts from: the ones the cache was made with "
                    "(default: $FEATCACHE_WEIGHTS, else imagenet)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    console.add_common(p, json_help="print the summary as JSON on stdout (even with -q): the "
+                       "head, its kind, features, CV choice, train and validation accuracy")
     return p
 
 
@@ -171,14 +174,14 @@ def _head_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _setup(quiet: bool) -> None:
-    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
-                        format="%(levelname)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def train_main(argv: list[str] | None = None, prog: str = "train-head") -> int:
+    return console.run(prog, lambda: _train(argv, prog),
+                       interrupted="no head was written")
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    parser = build_train_parser()
+def _train(argv: list[str] | None, prog: str) -> int:
+    parser = build_train_parser(prog)
+    console.complete(parser)
     args = parser.parse_args(argv)
     if args.fine_tune is not None:
         if args.head not in ("logreg", "finetune"):  # logreg: the default, not a choice made
@@ -188,9 +191,7 @@ def train_main(argv: list[str] | None = None) -> int:
         parser.error(f"--val-split must be between 0 and 1 (exclusive); got {args.val_split}")
     if args.cv == 1 or args.cv < 0:
         parser.error(f"--cv must be 0 (no selection) or at least 2; got {args.cv}")
-    _setup(args.quiet)
-    for noisy in ("h5py", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console.setup_logging("info", quiet=args.quiet)
 
     from classifier.artifact import read_metadata
     from classifier.training import train
@@ -201,38 +202,69 @@ def train_main(argv: list[str] | None = None) -> int:
                      val_split=args.val_split, seed=args.seed, params=_head_params(args),
                      overwrite=args.force, cv=args.cv, tta=args.tta)
     except (ValueError, RuntimeError, OSError) as exc:  # DataError, SpecMismatchError, CacheError
-        print(f"train-head: error: {exc}", file=sys.stderr)
-        return 1
-    if not args.quiet:
-        meta = read_metadata(path)
-        val = meta["metrics"]["validation"]
-        print(f"head:       {path} ({meta['kind']}, classes: {', '.join(meta['classes'])})")
-        print(f"features:   {', '.join(meta['features'])}"
-              + (f"; averages over {meta['views']['count'] + 1} views per image"
-                 if meta.get("tta") else ""))
-        if meta.get("selection"):
-            chosen = meta["selection"]["chosen"]
-            params = {k: v for k, v in chosen["params"].items() if k in ("C", "layers")}
-            print(f"selection:  {len(meta['selection']['candidates'])} settings, "
-                  f"{meta['selection']['folds']}-fold CV on the training cache; chosen "
-                  f"{chosen['kind']} {params}: CV accuracy {chosen['cv_accuracy_mean']:.4f} "
-                  f"± {chosen['cv_accuracy_std']:.4f}")
-        print(f"train:      {meta['data']['train_images']} images ({meta['data']['train_size']} "
-              f"rows), accuracy {meta['metrics']['train']['accuracy']:.4f}, "
-              f"{meta['train_seconds']:.1f}s")
-        print(f"validation: {meta['data']['validation_size']} images, accuracy "
-              f"{val['accuracy']:.4f}")
+        return console.fail(prog, exc)
+    summary = train_summary(path, read_metadata(path))
+    if args.json:
+        console.print_json(summary)
+    elif not args.quiet:
+        print(format_train_summary(summary))
     return 0
 
 
-def build_evaluate_parser() -> argparse.ArgumentParser:
+def train_summary(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What `train-head` reports at the end (`--json`), from the head's metadata."""
+    selection = meta.get("selection")
+    chosen = None
+    if selection:
+        best = selection["chosen"]
+        chosen = {
+            "folds": selection["folds"], "candidates": len(selection["candidates"]),
+            "kind": best["kind"],
+            "params": {k: v for k, v in best["params"].items() if k in ("C", "layers")},
+            "cv_accuracy_mean": best["cv_accuracy_mean"],
+            "cv_accuracy_std": best["cv_accuracy_std"],
+        }
+    data, metrics = meta["data"], meta["metrics"]
+    return {
+        "head": str(path), "kind": meta["kind"], "classes": meta["classes"],
+        "features": meta["features"], "views": meta.get("views"), "tta": meta.get("tta"),
+        "selection": chosen,
+        "train": {"images": data["train_images"], "rows": data["train_size"],
+                  "accuracy": metrics["train"]["accuracy"]},
+        "validation": {"images": data["validation_size"], "source": data["validation"],
+                       "accuracy": metrics["validation"]["accuracy"]},
+        "train_seconds": meta["train_seconds"],
+    }
+
+
+def format_train_summary(s: dict[str, Any]) -> str:
+    views = s["views"]
+    lines = [
+        f"head:       {s['head']} ({s['kind']}, classes: {', '.join(s['classes'])})",
+        f"features:   {', '.join(s['features'])}"
+        + (f"; averages over {views['count'] + 1} views per image" if s["tta"] else ""),
+    ]
+    if s["selection"]:
+        c = s["selection"]
+        lines.append(f"selection:  {c['candidates']} settings, {c['folds']}-fold CV on the "
+                     f"training cache; chosen {c['kind']} {c['params']}: CV accuracy "
+                     f"{c['cv_accuracy_mean']:.4f} ± {c['cv_accuracy_std']:.4f}")
+    lines.append(f"train:      {s['train']['images']} images ({s['train']['rows']} rows), "
+                 f"accuracy {s['train']['accuracy']:.4f}, {s['train_seconds']:.1f}s")
+    lines.append(f"validation: {s['validation']['images']} images, accuracy "
+                 f"{s['validation']['accuracy']:.4f}")
+    return "\n".join(lines)
+
+
+def build_evaluate_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="evaluate",
+        prog=prog,
         description="Evaluate a trained head on a labelled feature cache: accuracy, per-class "
         "precision / recall / F1, ROC AUC (two classes) and the confusion matrix.",
         epilog="The cache must have been extracted the same way as the head's training cache "
         "(weights, input size, layer, preprocessing) and hold only classes the head knows. "
-        "Exit status: 0 on success, 1 for unusable input, 2 for bad arguments.",
+        "Exit status: 0 on success, 1 for unusable input, 2 for bad arguments, 130 when "
+        "interrupted.",
     )
     p.add_argument("--head", required=True, type=Path, help="artifact directory (train-head --out)")
     p.add_argument("--cache", required=True, type=Path, help="labelled cache to evaluate on")
@@ -242,12 +274,19 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="predict from each image alone, even when the head was trained on "
                    "augmented views and the cache holds them (default: average over them)")
+    console.add_common(p, quiet_help="errors only on stderr (the report still prints)")
     return p
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
-    args = build_evaluate_parser().parse_args(argv)
-    _setup(quiet=True)
+def evaluate_main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
+    return console.run(prog, lambda: _evaluate(argv, prog))
+
+
+def _evaluate(argv: list[str] | None, prog: str) -> int:
+    parser = build_evaluate_parser(prog)
+    console.complete(parser)
+    args = parser.parse_args(argv)
+    console.setup_logging("warning", quiet=args.quiet)
 
     from classifier.evaluation import evaluate
     from classifier.metrics import format_table
@@ -255,10 +294,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args.head, args.cache, tta=args.tta)
     except (ValueError, RuntimeError, OSError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 1
+        return console.fail(prog, exc)
     if args.json:
-        print(json.dumps(result, indent=2))
+        console.print_json(result)
     else:
         views = (f", averaged over {result['views_averaged']} views each"
                  if result["views_averaged"] > 1 else "")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
-from extractor.backbone import AUTO, PRECISIONS, RUNTIMES
+from extractor import console
 from extractor.cli import add_engine_args
 
 EPILOG = """\
@@ -24,14 +22,17 @@ A head trained on augmented views (extract --augment K) gets the same K views of
 extracted, and its probabilities are averaged over them: K+1 forward passes per file. --no-tta
 predicts from each file alone (one pass per file).
 
-Exit status: 0 when every file got a prediction or an error row, 1 when the run failed,
-2 for bad arguments.
+Progress shows on a terminal only. Exit status: 0 when every file got a prediction or an error
+row, 1 when the run failed, 2 for bad arguments, 130 when interrupted (extraction progress is
+kept in the cache).
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "predict") -> argparse.ArgumentParser:
+    from extractor.backbone import AUTO, PRECISIONS, RUNTIMES
+
     p = argparse.ArgumentParser(
-        prog="predict",
+        prog=prog,
         description="Predict the class of every image in a folder with a trained head, "
         "writing a CSV or JSON Lines file.",
         epilog=EPILOG,
@@ -57,26 +58,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="conv base arithmetic; must be the head's (default: the head's: int8 "
                    "heads run the int8 model they were trained with, found by its hash)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress; errors only")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress and no summary; errors only")
+    console.add_common(p, json_help="print the end-of-run counts as JSON on stdout (even with "
+                       "-q): files, predicted, errors, the predictions file and the cache")
     add_engine_args(p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "predict") -> int:
+    return console.run(prog, lambda: _main(argv, prog),
+                       interrupted="extraction progress is saved in the cache")
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
+    console.complete(parser)
+    args = parser.parse_args(argv)
     if args.batch_size < 1:
-        build_parser().error(f"--batch-size must be at least 1; got {args.batch_size}")
+        parser.error(f"--batch-size must be at least 1; got {args.batch_size}")
     if args.out.suffix.lower() not in (".csv", ".jsonl"):
-        build_parser().error(f"--out must end in .csv or .jsonl; got {args.out}")
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        parser.error(f"--out must end in .csv or .jsonl; got {args.out}")
+    console.setup_logging("warning", quiet=args.quiet)
 
     from classifier.artifact import load_head
     from classifier.predict import default_cache, extract_for_head, predict_cache, write_predictions
     from extractor.ray_engine import RayOptions
 
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = console.show_progress(args.quiet)
     try:
         head = load_head(args.head)
         if not args.dir.is_dir():
@@ -91,16 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         predictions = predict_cache(head, cache, args.dir, progress=progress, tta=args.tta)
         write_predictions(predictions, head.classes_, args.out)
-    except KeyboardInterrupt:
-        print("\npredict: interrupted; extraction progress is saved in the cache",
-              file=sys.stderr)
-        return 130
     except (ValueError, RuntimeError, OSError) as exc:
-        print(f"predict: error: {exc}", file=sys.stderr)
-        return 1
+        return console.fail(prog, exc)
     errors = sum(1 for p in predictions if p.error is not None)
-    if not args.quiet:
-        print(f"predict: {len(predictions)} files, {len(predictions) - errors} predicted, "
+    counts = {"files": len(predictions), "predicted": len(predictions) - errors,
+              "errors": errors, "out": str(args.out), "cache": str(cache)}
+    if args.json:
+        console.print_json(counts)
+    elif not args.quiet:
+        print(f"{prog}: {counts['files']} files, {counts['predicted']} predicted, "
               f"{errors} with errors -> {args.out} (cache {cache})")
     return 0
 

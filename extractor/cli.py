@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from extractor.backbone import (
-    AUTO,
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_LAYER,
-    LAYERS,
-    PRECISIONS,
-    RUNTIMES,
-)
-from extractor.features import DEFAULT_POOLED_LAYERS
-from extractor.runner import Summary
-from extractor.weights import IMAGENET, WEIGHTS_ENV
+from extractor import console
+
+if TYPE_CHECKING:
+    from extractor.runner import Summary
 
 PRECISION_ENV = "FEATCACHE_PRECISION"
 
-EPILOG = f"""\
+EPILOG = """\
 Layout: DIR holds one sub-folder per class (DIR/cats/*.jpg, DIR/dogs/*.jpg), classes sorted by
 name as Keras's image_dataset_from_directory does; a flat DIR with no sub-folders gives an
 unlabelled cache (label -1), for prediction.
@@ -32,7 +25,7 @@ rows of files removed from DIR are dropped. Files that are not usable images are
 cache (/skipped) with the reason and listed at the end; they never stop the run.
 
 Weights: 'imagenet' (default) is the file Keras downloads into ~/.keras/models. Offline, pass
---weights PATH to {IMAGENET!r}'s no-top file or set {WEIGHTS_ENV}.
+--weights PATH to the ImageNet no-top file or set {weights_env}.
 
 int8: --precision int8 runs a quantized conv base, about 4x faster on CPUs with VNNI (refused
 on CPUs without it unless FEATCACHE_INT8_REDUCE_RANGE=1); features within cosine 0.99 of fp32.
@@ -41,17 +34,31 @@ calibrated on photos bundled with scikit-learn, and kept beside the ONNX export,
 another folder, training and serving use the same model. A cache, a head and the server never
 mix precisions or int8 models.
 
-Exit status: 0 when the cache holds at least one image, 1 when it holds none or the run failed,
-2 for bad arguments, 130 when interrupted (run again to resume).
+Progress (count, images/s, ETA) shows on a terminal only. Exit status: 0 when the cache holds at
+least one image, 1 when it holds none or the run failed, 2 for bad arguments, 130 when
+interrupted (run again to resume).
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "extract") -> argparse.ArgumentParser:
+    # Here, not at the top: numpy and Pillow load only once a command runs, so Ctrl-C is ours
+    # (console.run) from the command's first moment.
+    from extractor.backbone import (
+        AUTO,
+        DEFAULT_IMAGE_SIZE,
+        DEFAULT_LAYER,
+        LAYERS,
+        PRECISIONS,
+        RUNTIMES,
+    )
+    from extractor.features import DEFAULT_POOLED_LAYERS
+    from extractor.weights import WEIGHTS_ENV
+
     p = argparse.ArgumentParser(
-        prog="extract",
+        prog=prog,
         description="Run the VGG16 conv base over a folder of images and write the features "
         "to an HDF5 cache.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(weights_env=WEIGHTS_ENV),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dir", required=True, type=Path, help="folder of images (see layout below)")
@@ -107,12 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "interrupted run loses little (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary; errors only")
+    console.add_common(p, json_help="print the end-of-run summary as JSON on stdout (even "
+                       "with -q): images, extracted, duplicates, skipped files and why, "
+                       "images/s, ...")
     add_engine_args(p)
     return p
 
 
 def pooled_layers(value: str) -> tuple[str, ...]:
     """`--pooled-layers`: comma-separated layer names, or `none`."""
+    from extractor.backbone import LAYERS
+
     if value.strip().lower() == "none":
         return ()
     names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
@@ -142,38 +154,45 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    "be moved alone (default: OUT maps its rows onto the shards)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "extract") -> int:
+    return console.run(prog, lambda: _main(argv, prog),
+                       interrupted="progress is saved, run the same command again to resume")
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
+    console.complete(parser)
+    args = parser.parse_args(argv)
     if args.actors is not None and args.actors < 1:
-        build_parser().error(f"--actors must be at least 1; got {args.actors}")
+        parser.error(f"--actors must be at least 1; got {args.actors}")
+    from extractor.backbone import PRECISIONS
+
     precision = args.precision or os.environ.get(PRECISION_ENV) or "fp32"
     if precision not in PRECISIONS:
-        build_parser().error(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got "
-                             f"{precision!r}")
+        parser.error(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got "
+                     f"{precision!r}")
     if args.calibration is not None and precision != "int8":
-        build_parser().error("--calibration applies to --precision int8 only")
+        parser.error("--calibration applies to --precision int8 only")
     if args.calibration is not None and not args.calibration.is_dir():
-        build_parser().error(f"--calibration must be a folder of images; got {args.calibration}")
+        parser.error(f"--calibration must be a folder of images; got {args.calibration}")
     if args.threads is not None and args.threads < 1:
-        build_parser().error(f"--threads must be at least 1; got {args.threads}")
+        parser.error(f"--threads must be at least 1; got {args.threads}")
     for name in ("batch_size", "workers", "checkpoint_every"):
         if getattr(args, name) < 1:
-            build_parser().error(f"--{name.replace('_', '-')} must be at least 1; "
-                                 f"got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; "
+                         f"got {getattr(args, name)}")
     if args.augment < 0:
-        build_parser().error(f"--augment must be 0 or more; got {args.augment}")
+        parser.error(f"--augment must be 0 or more; got {args.augment}")
     if args.augment:
         from extractor.augment import check
 
         try:
             check(args.augment_mode, args.augment)
         except ValueError as exc:
-            build_parser().error(str(exc))
+            parser.error(str(exc))
     if args.augment and args.engine == "ray":
-        build_parser().error("--augment runs on the local engine only; leave out --engine ray")
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        parser.error("--augment runs on the local engine only; leave out --engine ray")
+    console.setup_logging("warning", quiet=args.quiet)
 
     from extractor.cache import CacheError
     from extractor.runner import ExtractError, Options, run
@@ -184,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(
         directory=args.dir, out=args.out, weights=args.weights, image_size=args.image_size,
         layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-        checkpoint_every=args.checkpoint_every, progress=not args.quiet, runtime=args.runtime,
-        augment=args.augment, augment_seed=args.augment_seed, augment_mode=args.augment_mode,
-        pooled_layers=args.pooled_layers,
+        checkpoint_every=args.checkpoint_every, progress=console.show_progress(args.quiet),
+        runtime=args.runtime, augment=args.augment, augment_seed=args.augment_seed,
+        augment_mode=args.augment_mode, pooled_layers=args.pooled_layers,
         precision=precision, calibration=args.calibration, threads=args.threads,
     )
     try:
@@ -199,23 +218,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = run(opts)
     except (ExtractError, WeightsError, CacheError, Int8Error, ExportError) as exc:
-        print(f"extract: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nextract: interrupted; progress is saved, run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return console.fail(prog, exc)
     except OSError as exc:
-        print(f"extract: error: {exc} (progress so far is saved; fix the cause and run the same "
-              "command again to resume)", file=sys.stderr)
-        return 1
+        return console.fail(prog, f"{exc} (progress so far is saved; fix the cause and run the "
+                            "same command again to resume)")
 
-    if not args.quiet:
+    if args.json:
+        console.print_json(summary_dict(summary))
+    elif not args.quiet:
         print(format_summary(summary))
     if summary.total == 0:
-        print(f"extract: error: no image could be cached from {args.dir}", file=sys.stderr)
-        return 1
+        return console.fail(prog, f"no image could be cached from {args.dir}")
     return 0
+
+
+def summary_dict(s: Summary) -> dict[str, Any]:
+    """`--json`: the end-of-run summary (`extractor.runner.Summary`) as plain JSON values."""
+    return {
+        "cache": str(s.out), "images": s.total, "classes": list(s.class_names),
+        "extracted": s.extracted, "duplicates": s.duplicates,
+        "already_cached": s.already_cached, "changed": sorted(s.changed), "removed": s.removed,
+        "skipped": [{"path": path, "reason": reason} for path, reason in s.skipped],
+        "elapsed_s": round(s.elapsed_s, 3), "extract_s": round(s.extract_s, 3),
+        "images_per_s": round(s.images_per_s, 3), "runtime": s.runtime,
+        "precision": s.precision,
+    }
 
 
 def format_summary(s: Summary) -> str:

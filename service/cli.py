@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from service.config import Settings
+from extractor import console
 
 EPILOG = """\
 Every option can also be set in the environment or a .env file as FEATCACHE_<NAME>
@@ -29,14 +27,16 @@ picks up new, replaced and removed ones while serving: it is rescanned every --h
 seconds, on SIGHUP, and on POST /admin/reload. --head heads are fixed: loaded once, never
 reloaded; both may be given (a name in both is served from --head).
 
-Exit status: 0 after a clean shutdown, 1 when the heads or the model cannot be loaded, 2 for bad
-arguments.
+Exit status: 0 after a clean shutdown (Ctrl-C or SIGTERM once it listens: the normal way to stop
+a server), 1 when the heads or the model cannot be loaded, 2 for bad arguments, 130 when
+interrupted while starting, before it listens. No --json: serve prints no end-of-run summary;
+GET /heads and GET /metrics are its machine-readable output.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="serve",
+        prog=prog,
         description="Serve trained heads over HTTP: image in, label and probabilities out.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -74,15 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "image; FEATCACHE_TTA)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                    help="skip the warm-up forward pass before reporting ready")
-    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log records at this level and above (default: info; FEATCACHE_LOG_LEVEL)")
+    console.add_common(p, quiet_help="errors only in the log (--log-level error)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "serve") -> int:
+    return console.run(prog, lambda: _main(argv, prog), interrupted="stopped before serving")
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
+    console.complete(parser)
+    args = parser.parse_args(argv)
+    quiet = args.quiet
+    del args.quiet
+    if quiet and args.log_level is None:
+        args.log_level = "error"
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
 
     from pydantic import ValidationError
+
+    from service.config import Settings
 
     try:
         settings = Settings(**overrides)
@@ -90,16 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        print(f"serve: error: invalid settings: {problems}", file=sys.stderr)
+        print(f"{prog}: error: invalid settings: {problems}", file=sys.stderr)
         return 2
     if not settings.heads and settings.heads_dir is None:
-        print("serve: error: no head to serve; pass --head heads/NAME or --heads-dir DIR (or set "
-              "FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)", file=sys.stderr)
+        print(f"{prog}: error: no head to serve; pass --head heads/NAME or --heads-dir DIR (or "
+              "set FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)", file=sys.stderr)
         return 2
 
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    console.setup_logging(settings.log_level, timestamps=True)
 
     import uvicorn
 
@@ -125,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     except KeyboardInterrupt:
         # uvicorn shut down gracefully on Ctrl-C, then re-raised it for us: a clean stop.
-        pass
+        if not server.started:
+            raise
     if failures or not server.started:
         # The lifespan has logged why (a bad head, a spec mismatch, missing weights).
         return 1
