@@ -1,0 +1,7 @@
+"""`python -m featcache`: the `featcache` command."""
+
+import sys
+
+from featcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""A head with the conv base it needs: images in, labels and probabilities out.
+
+The same feature path as `extract` and `serve`, not a copy of it: image bytes are decoded by
+`extractor.images.decode_image`, a head trained on augmented views gets the same views of each
+image (`extractor.augment.make_view`, keyed by the SHA-256 of the image's bytes, as `extract`
+keys them by the file's and `serve` by the upload's), `extractor.backbone.ConvBase` makes the
+named features, and the head's probabilities are averaged over an image's views by
+`classifier.views.average`, as `evaluate` and `predict` average them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from classifier.views import Views, average
+from extractor.augment import make_view
+from extractor.images import ImageError, decode_image
+
+if TYPE_CHECKING:
+    from classifier.artifact import LoadedHead
+    from extractor.backbone import ConvBase
+    from extractor.spec import FeatureSpec
+
+#: What `predict` takes as one image.
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | NDArray[Any]
+
+
+@dataclasses.dataclass
+class Predictions:
+    """One row per image, in the order given."""
+
+    labels: list[str]
+    #: (images, classes) float64, columns in `classes` order, rows summing to 1.
+    probabilities: NDArray[np.float64]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def as_dicts(self) -> list[dict[str, float]]:
+        """{class: probability} per image, as `serve` answers."""
+        return [dict(zip(self.classes, map(float, row), strict=True))
+                for row in self.probabilities]
+
+
+class ImageClassifier:
+    """A trained head (`classifier.artifact.LoadedHead`, which predicts from features) and the
+    VGG16 conv base that makes its features, built on first use.
+
+    `predict(images)` takes image files (paths), encoded bytes, PIL images or uint8 arrays
+    ((H, W, 3) RGB or (H, W) grayscale; a (N, H, W, 3) array is N images). Paths and bytes give
+    exactly the features `extract` and `serve` compute for those files. A PIL image or an array
+    is taken as the pixels it holds, encoded losslessly (TIFF, keeping a PIL image's EXIF
+    orientation) and decoded on the same path; a JPEG opened with PIL was decoded at full size,
+    so its features can differ slightly from the file's, which is decoded at a reduced scale
+    (Pillow's draft mode) as `extract` and `serve` do.
+    """
+
+    def __init__(self, head: LoadedHead, *, weights: str | os.PathLike[str] | None = None,
+                 runtime: str = "auto", batch_size: int = 16, threads: int | None = None,
+                 tta: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got batch_size={batch_size}")
+        self.head = head
+        self.weights = weights
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self.threads = threads
+        #: The views each image's probabilities are averaged over (none with tta=False).
+        self.views: Views = head.views if tta else Views()
+        self._base: ConvBase | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.head.path
+
+    @property
+    def name(self) -> str:
+        return self.head.name
+
+    @property
+    def kind(self) -> str:
+        return self.head.kind
+
+    @property
+    def classes_(self) -> list[str]:
+        return self.head.classes_
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.head.spec
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.head.metadata
+
+    @property
+    def base(self) -> ConvBase:
+        """The conv base, built (and checked against the head) on first use, as `serve`
+        builds it: the head's layer, input size, pooled layers, precision and int8 model."""
+        if self._base is None:
+            from classifier.predict import check_features
+            from extractor.backbone import ConvBase
+
+            spec = self.head.spec
+            base = ConvBase(self.weights, image_size=spec.input_size, layer=spec.layer,
+                            runtime=self.runtime, threads=self.threads,
+                            pooled_layers=spec.pooled_layers, precision=spec.precision,
+                            quantized_sha256=spec.quantized_sha256 or None)
+            check_features(self.head, base.spec, f"the conv base from {base.weights_path}")
+            self._base = base
+        return self._base
+
+    def predict(self, images: ImageLike | Iterable[ImageLike], *,
+                progress: bool = False) -> Predictions:
+        """Labels and probabilities of each image (one image alone, or several)."""
+        proba = self.predict_proba(images, progress=progress)
+        labels = [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
+        return Predictions(labels, proba, list(self.classes_))
+
+    def predict_proba(self, images: ImageLike | Iterable[ImageLike], *,
+                      progress: bool = False) -> NDArray[np.float64]:
+        """(images, classes) probabilities, averaged over each image's views."""
+        from tqdm import tqdm
+
+        items = _as_list(images)
+        rows: list[NDArray[np.uint8]] = []
+        groups: list[int] = []
+        probas: list[NDArray[np.float64]] = []
+        size = self.head.spec.input_size
+        for i, item in enumerate(tqdm(items, unit="img", disable=not progress,
+                                      desc="predict")):
+            rows_of_image = self._pixels(item, i, size)
+            rows.extend(rows_of_image)
+            groups.extend([i] * len(rows_of_image))
+            if len(rows) >= self.batch_size:
+                probas.append(self._forward(rows))
+                rows = []
+        if rows:
+            probas.append(self._forward(rows))
+        if not probas:
+            return np.zeros((0, len(self.classes_)), np.float64)
+        means, _ = average(np.concatenate(probas), np.asarray(groups))
+        return means
+
+    def _pixels(self, item: ImageLike, index: int, size: int) -> list[NDArray[np.uint8]]:
+        """An image and its views, decoded as `extract` and `serve` decode them."""
+        data, what = _encoded(item, index)
+        try:
+            pixels = decode_image(data, size)
+        except ImageError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+        if not self.views:
+            return [pixels]
+        sha = hashlib.sha256(data).hexdigest()
+        return [pixels, *(make_view(pixels, sha, v, self.views.seed, self.views.mode)
+                          for v in range(1, self.views.count + 1))]
+
+    def _forward(self, rows: Sequence[NDArray[np.uint8]]) -> NDArray[np.float64]:
+        features = self.base(np.stack(rows))
+        return np.asarray(self.head.predict_proba(features), dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (f"ImageClassifier(path={str(self.path)!r}, kind={self.kind!r}, "
+                f"classes={self.classes_!r})")
+
+
+def _as_list(images: ImageLike | Iterable[ImageLike]) -> list[ImageLike]:
+    if isinstance(images, str | os.PathLike | bytes | bytearray | memoryview | Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return list(images)
+        return [images]
+    return list(images)
+
+
+def _encoded(item: ImageLike, index: int) -> tuple[bytes, str]:
+    """The image's bytes, and how to name it in an error."""
+    if isinstance(item, str | os.PathLike):
+        return Path(item).read_bytes(), f"images[{index}] ({os.fspath(item)})"
+    what = f"images[{index}]"
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item), what
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3
+                                                              and item.shape[2] in (3, 4))):
+            raise ValueError(f"{what}: arrays must be uint8 (H, W, 3) RGB, (H, W, 4) RGBA or "
+                             f"(H, W) grayscale; got dtype {item.dtype} shape {item.shape}")
+        item = Image.fromarray(item)
+    if isinstance(item, Image.Image):
+        return _lossless(item), what
+    raise TypeError(f"{what}: expected a path, bytes, a PIL image or a uint8 array; got "
+                    f"{type(item).__name__}")
+
+
+def _lossless(image: Image.Image) -> bytes:
+    """A PIL image as TIFF bytes: every mode Pillow has (but HSV, made RGB), and its EXIF."""
+    if image.mode == "HSV":
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="TIFF", exif=image.getexif())
+    return buf.getvalue()
+
