@@ -57,14 +57,32 @@ def resolve_weights(weights: str | os.PathLike[str] | None = None) -> Path:
     return _download_imagenet()
 
 
+def _first_hop(url: str) -> tuple[str, int]:
+    """Where a download of `url` connects first: the HTTPS proxy urllib (and so Keras's
+    `get_file`) uses when HTTPS_PROXY / https_proxy is set and NO_PROXY does not exempt the
+    host, else the host itself."""
+    import urllib.parse
+    import urllib.request
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    return host, 443
+
+
 def _download_imagenet() -> Path:
-    host = NOTOP_URL.split("/")[2]
+    # A quick connection check first, so that offline machines fail at once with what to do
+    # rather than after Keras's own retries. Behind a proxy, the proxy is what must answer.
+    host, port = _first_hop(NOTOP_URL)
     try:
-        socket.create_connection((host, 443), timeout=10).close()
+        socket.create_connection((host, port), timeout=10).close()
     except OSError as exc:
         raise WeightsError(
-            f"the ImageNet VGG16 weights are not in the Keras cache and {host} cannot be "
-            f"reached ({exc}). Offline, supply the file {NOTOP_FILE}: pass "
+            f"the ImageNet VGG16 weights are not in the Keras cache and {host}:{port} cannot be "
+            f"reached ({exc}). Behind a proxy, set HTTPS_PROXY=http://PROXY:PORT. "
+            f"Offline, supply the file {NOTOP_FILE}: pass "
             f"--weights /path/to/{NOTOP_FILE}, or set {WEIGHTS_ENV}=/path/to/it, or copy it to "
             f"{keras_cache_dir() / 'models' / NOTOP_FILE}."
         ) from None
