@@ -1,8 +1,8 @@
 """`featcache info FILE`: what a feature cache or a head holds, as a dict and as text.
 
 Reads metadata only: a cache's attributes and dataset headers (no features), a head's
-metadata.json (the model is not loaded), so it is instant on any size and needs neither
-TensorFlow nor scikit-learn. A merged Ray cache whose shards are gone is still described, with
+metadata.json (the model is not loaded), so it takes the same time on any size and never loads
+TensorFlow. A merged Ray cache whose shards are gone is still described, with
 the missing shards listed: that is when it is wanted.
 """
 

@@ -27,8 +27,8 @@ picks up new, replaced and removed ones while serving: it is rescanned every --h
 seconds, on SIGHUP, and on POST /admin/reload. --head heads are fixed: loaded once, never
 reloaded; both may be given (a name in both is served from --head).
 
-Exit status: 0 after a clean shutdown (Ctrl-C or SIGTERM once it listens: the normal way to stop
-a server), 1 when the heads or the model cannot be loaded, 2 for bad arguments, 130 when
+Exit status: 0 after a clean shutdown (Ctrl-C once it listens: the normal way to stop a
+server), 1 when the heads or the model cannot be loaded, 2 for bad arguments, 130 when
 interrupted while starting, before it listens. No --json: serve prints no end-of-run summary;
 GET /heads and GET /metrics are its machine-readable output.
 """
