@@ -4,10 +4,12 @@ Needs a Docker engine (on our machines: ../shared/containers/setup.sh, which ser
 API from podman). This machine is offline, so every run takes the offline path the README
 gives (FEATCACHE_WEIGHTS_FILE: no download at build time, the shared file mounted instead).
 
-Both tests build the same image (one tag, FEATCACHE_IMAGE), so the second build is all layer
-cache; each runs under a compose project of its own and takes it down again. Besides
-FEATCACHE_WEIGHTS_FILE they set only what keeps a test run apart from anything else on the
-machine: the project name, the image tag and a free port.
+Compose builds two images from docker/Dockerfile: the full one (target `full`, FEATCACHE_IMAGE)
+for the one-off jobs, and the lean serving one (target `serve`, FEATCACHE_SERVE_IMAGE: no
+TensorFlow) for `api`; they share their base layers. Both tests build the same two tags, so the
+second build is all layer cache; each runs under a compose project of its own and takes it down
+again (with its volumes). Besides FEATCACHE_WEIGHTS_FILE they set only what keeps a test run
+apart from anything else on the machine: the project name, the image tags and a free port.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
 IMAGE = "featcache:test"
+SERVE_IMAGE = "featcache:test-serve"
 BUILD_TIMEOUT_S = 1800  # a first build installs TensorFlow: minutes
 
 
 def _docker_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATCACHE_", "COMPOSE_"))}
-    env.update({"DOCKER_BUILDKIT": "0", "FEATCACHE_IMAGE": IMAGE, **extra})
+    env.update({"DOCKER_BUILDKIT": "0", "FEATCACHE_IMAGE": IMAGE,
+                "FEATCACHE_SERVE_IMAGE": SERVE_IMAGE, **extra})
     if "DOCKER_HOST" not in env and PODMAN_SOCKET.exists():
         env["DOCKER_HOST"] = f"unix://{PODMAN_SOCKET}"
     return env
@@ -129,11 +133,26 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
     compose = Compose(fresh_clone, _docker_env({
         "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
     compose_down.append(compose)
-    # As on a fresh machine the image is missing, so `up` builds it (from the layer cache
+    # As on a fresh machine the images are missing, so `up` builds them (from the layer cache
     # when an earlier run left one: seconds), and never runs a stale image.
-    subprocess.run(["docker", "image", "rm", "--force", IMAGE], env=compose.env,
+    subprocess.run(["docker", "image", "rm", "--force", IMAGE, SERVE_IMAGE], env=compose.env,
                    capture_output=True, timeout=120)
     compose.up("-d", "--wait", "api")
+    # api runs the lean image: no TensorFlow, Keras or matplotlib in it at all; the jobs' has them.
+    probe = ("import importlib.util as u; "
+             "print([m for m in ('tensorflow', 'keras', 'matplotlib') if u.find_spec(m)])")
+    lean = compose("exec", "-T", "api", "python3", "-c", probe, timeout=60)
+    assert lean.returncode == 0 and lean.stdout.split() == ["[]"], (lean.stdout, lean.stderr)
+    full = compose("run", "--rm", "--no-deps", "--entrypoint", "python3", "first-head", "-c",
+                   probe, timeout=120)
+    assert "'tensorflow', 'keras', 'matplotlib'" in full.stdout, (full.stdout, full.stderr)
+    sizes = {}
+    for tag in (IMAGE, SERVE_IMAGE):
+        inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag],
+                                 env=compose.env, capture_output=True, text=True, timeout=60)
+        sizes[tag] = int(inspect.stdout)
+    print(f"image sizes: {sizes}")
+    assert sizes[SERVE_IMAGE] < sizes[IMAGE] / 2
 
     head = heads / "head"
     assert (head / "metadata.json").is_file()
@@ -234,7 +253,8 @@ def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path:
 
     for offline in (False, True):
         extra = {"FEATCACHE_WEIGHTS_FILE": str(weights_path)} if offline else {}
-        out = Compose(fresh_clone, _docker_env(extra))("config", "--format", "json", timeout=60)
+        out = Compose(fresh_clone, _docker_env(extra))("--profile", "jobs", "config", "--format",
+                                                       "json", timeout=60)
         assert out.returncode == 0, out.stderr
         config = json.loads(out.stdout)
         for name in ("first-head", "api"):
@@ -244,3 +264,11 @@ def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path:
             source = Path(mount["source"])
             assert source == (weights_path if offline else fresh_clone / "docker/no-weights-file")
             assert mount["read_only"] is True
+        # api serves from the lean image, its ONNX export in a volume; the jobs use the full one.
+        assert config["services"]["api"]["build"]["target"] == "serve"
+        assert config["services"]["api"]["image"] == SERVE_IMAGE
+        assert {"type": "volume", "source": "featcache-home", "target": "/var/cache/featcache",
+                "volume": {}} in config["services"]["api"]["volumes"]
+        for job in ("first-head", "extract", "train-head"):
+            assert config["services"][job]["build"]["target"] == "full"
+            assert config["services"][job]["image"] == IMAGE
