@@ -15,10 +15,12 @@ apart from anything else on the machine: the project name, the image tags and a 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -187,6 +189,30 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
         assert probe.stdout.split()[-2:] == ["4321", "4322"]
         assert ((mine / "probe").stat().st_uid, (mine / "probe").stat().st_gid) == (4321, 4322)
 
+    # Offline, api made the ONNX export on its first start, into the volume: a new container
+    # (as after `up --build`) loads it from there instead of exporting again.
+    compose.up("-d", "--wait", "--no-deps", "--force-recreate", "api")
+    logs = compose("logs", "--no-color", "api").stdout
+    assert "exporting the VGG16 conv base" not in logs, logs
+    assert "on onnxruntime fp32 from /var/cache/featcache/onnx/vgg16-" in logs, logs
+
+    # kill -9 of the server's process (not `docker kill`, which counts as a manual stop): the
+    # restart policy (unless-stopped) brings it back. The soak script's --compose mode, briefly.
+    if os.geteuid() == 0:  # signalling the container's process from here needs root
+        soak = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--compose",
+             "--compose-file", str(fresh_clone / "compose.yaml"),
+             "--url", f"http://127.0.0.1:{port}", "--clients", "2", "--seconds", "10",
+             "--kill-at", "3", "--max-requests", "300", "--recovery-timeout", "120"],
+            env=compose.env, capture_output=True, text=True, timeout=300)
+        assert soak.returncode == 0, soak.stdout[-3000:] + soak.stderr[-3000:]
+        kill = json.loads(soak.stdout.strip().splitlines()[-1])["kill"]
+        assert kill.get("recovery_s", 0) > 0, kill
+        container = compose("ps", "-q", "api").stdout.split()[0]
+        restarts = subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", container],
+                                  env=compose.env, capture_output=True, text=True, timeout=60)
+        assert int(restarts.stdout) >= 1, restarts
+
 
 def _world_readable(folder: Path) -> None:
     """The server runs as an unprivileged user; pytest's tmp folders are 0700."""
@@ -249,8 +275,6 @@ def test_served_head_predicts_as_in_process_with_the_api_key_from_a_secret(
 def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path: Path) -> None:
     """One compose file, no -f: the weights are downloaded at build time unless
     FEATCACHE_WEIGHTS_FILE is set, in which case the download is skipped and the file mounted."""
-    import json
-
     for offline in (False, True):
         extra = {"FEATCACHE_WEIGHTS_FILE": str(weights_path)} if offline else {}
         out = Compose(fresh_clone, _docker_env(extra))("--profile", "jobs", "config", "--format",
