@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import socket
@@ -78,7 +79,7 @@ def _download_imagenet() -> Path:
     logger.info("downloading the ImageNet VGG16 weights from %s", NOTOP_URL)
     try:
         _fetch(NOTOP_URL, target, NOTOP_MD5)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead, ...
         raise WeightsError(
             f"downloading the ImageNet VGG16 weights failed ({exc}); pass --weights PATH or set "
             f"{WEIGHTS_ENV} to use a local copy"

@@ -90,8 +90,9 @@ class ServedHead:
 
 
 #: What the lean serving image (docker/Dockerfile, target `serve`) cannot serve, and where to.
-FULL_IMAGE_HINT = ("Serve it with the full image (docker/Dockerfile's default target `full`, the "
-                   "one compose's jobs use; FEATCACHE_IMAGE), or serve a logreg or svm head")
+FULL_IMAGE_HINT = ("Serve it with the full image (docker/Dockerfile's default target `full`; "
+                   "with compose: FEATCACHE_SERVE_TARGET=full "
+                   "FEATCACHE_SERVE_IMAGE=featcache:latest), or serve a logreg or svm head")
 
 
 def keras_installed() -> bool:
