@@ -11,7 +11,7 @@ Modes:
                    on the same port, as a process manager would.
   --url URL        a server already running; killed only if --pid names its process (something
                    else must restart it), and its RSS read only then.
-  --compose        the `api` service of docker/compose.yml (or --compose-file), already up: its
+  --compose        the `api` service of compose.yaml (or --compose-file), already up: its
                    container's process is killed with SIGKILL from the host, and Docker's restart
                    policy brings it back. (`docker kill` would not do: Docker counts it as a
                    manual stop, which restart policies ignore.) Needs docker and the right to
@@ -436,7 +436,7 @@ def main() -> int:
                     "http://127.0.0.1:8000)")
     ap.add_argument("--pid", type=int, help="with --url: its process, to kill and measure")
     ap.add_argument("--compose", action="store_true", help="the docker compose `api` service")
-    ap.add_argument("--compose-file", type=Path, default=REPO / "docker" / "compose.yml")
+    ap.add_argument("--compose-file", type=Path, default=REPO / "compose.yaml")
     ap.add_argument("--service", default="api")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=60)

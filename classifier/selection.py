@@ -139,19 +139,34 @@ def usable_folds(subset: Subset, k: int) -> int:
 
 def folds(subset: Subset, k: int, seed: int) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """(train rows, held-out rows) per fold, positions in `subset`; every view of an image
-    falls on the same side as the image."""
+    falls on the same side as the image, and so do files with the same bytes (copies of one
+    image under two names would otherwise be trained on and scored as if unseen)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     plain = np.flatnonzero(subset.views == 0)
     if usable_folds(subset, k) != k:
         raise DataError(f"cannot cross-validate with {k} folds: a class has fewer images")
+    groups = _content_groups(subset)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     out = []
-    for tr, te in splitter.split(plain, subset.labels[plain], subset.groups[plain]):
-        tr_rows = np.flatnonzero(np.isin(subset.groups, subset.groups[plain[tr]]))
-        te_rows = np.flatnonzero(np.isin(subset.groups, subset.groups[plain[te]]))
+    for tr, te in splitter.split(plain, subset.labels[plain], groups[plain]):
+        tr_rows = np.flatnonzero(np.isin(groups, groups[plain[tr]]))
+        te_rows = np.flatnonzero(np.isin(groups, groups[plain[te]]))
         out.append((tr_rows, te_rows))
     return out
+
+
+def _content_groups(subset: Subset) -> NDArray[np.int64]:
+    """One number per row, shared by the rows of files with equal bytes (SHA-256); by file
+    where a cache records no hashes (caches written from arrays)."""
+    from extractor import open_cache
+
+    with open_cache(subset.path) as cache:
+        sha = np.asarray(cache.sha256, dtype=object)[subset.indices]
+    if any(not s for s in sha):
+        return subset.groups
+    _, groups = np.unique(sha, return_inverse=True)
+    return np.asarray(groups, dtype=np.int64)
 
 
 def _score(model: Any, X: NDArray[np.float32], labels: NDArray[np.int64], subset: Subset,

@@ -1,18 +1,22 @@
 """Where the VGG16 conv-base weights come from, and their identity (a hash of the file).
 
-`imagenet` means the file Keras itself downloads into its cache directory
-(`$KERAS_HOME/models`, default `~/.keras/models`). Offline, supply the same file by path: the
-`--weights` flag, or the `FEATCACHE_WEIGHTS` environment variable, or by copying it into the
-Keras cache directory.
+`imagenet` means the file Keras's VGG16 downloads (same URL, same MD5), kept where Keras keeps
+it (`$KERAS_HOME/models`, default `~/.keras/models`), so either finds the other's copy; it is
+downloaded with the standard library, without Keras (the lean serving image has none).
+Offline, supply the same file by path: the `--weights` flag, or the `FEATCACHE_WEIGHTS`
+environment variable, or by copying it into the Keras cache directory.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -87,24 +91,40 @@ def _download_imagenet() -> Path:
             f"{keras_cache_dir() / 'models' / NOTOP_FILE}."
         ) from None
 
-    import keras
-
+    target = keras_cache_dir() / "models" / NOTOP_FILE
     logger.info("downloading the ImageNet VGG16 weights from %s", NOTOP_URL)
-    previous = socket.getdefaulttimeout()
-    # keras.utils.get_file has no timeout of its own: a stalled download must fail, not hang.
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        path = keras.utils.get_file(
-            NOTOP_FILE, NOTOP_URL, cache_subdir="models", file_hash=NOTOP_MD5
-        )
-    except Exception as exc:
+        _fetch(NOTOP_URL, target, NOTOP_MD5)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead, ...
         raise WeightsError(
             f"downloading the ImageNet VGG16 weights failed ({exc}); pass --weights PATH or set "
             f"{WEIGHTS_ENV} to use a local copy"
         ) from exc
+    return target
+
+
+def _fetch(url: str, target: Path, md5: str) -> None:
+    """Download `url` to `target` whole or not at all, checking Keras's MD5 of the file.
+
+    The standard library only, not `keras.utils.get_file`: the lean serving image downloads
+    the weights at build time and has no Keras (docker/Dockerfile). Same place, same check.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        # The timeout bounds every read: a stalled download fails rather than hangs.
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
+                open(part, "wb") as out:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"the file downloaded has MD5 {digest.hexdigest()}, not {md5}: "
+                             "incomplete or not the expected file")
+        os.replace(part, target)
     finally:
-        socket.setdefaulttimeout(previous)
-    return Path(path)
+        part.unlink(missing_ok=True)
 
 
 @functools.cache

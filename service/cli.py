@@ -111,6 +111,11 @@ def _main(argv: list[str] | None, prog: str) -> int:
               "set FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)", file=sys.stderr)
         return 2
 
+    refusal = _keras_refusal(settings.heads)
+    if refusal:
+        print(f"{prog}: error: {refusal}", file=sys.stderr)
+        return 1
+
     console.setup_logging(settings.log_level, timestamps=True)
 
     import uvicorn
@@ -143,6 +148,23 @@ def _main(argv: list[str] | None, prog: str) -> int:
         # The lifespan has logged why (a bad head, a spec mismatch, missing weights).
         return 1
     return 0
+
+
+def _keras_refusal(heads: list[Path]) -> str | None:
+    """A --head that is a Keras head where Keras is not installed (the lean serving image),
+    refused before the server starts: one line that names the image to use, rather than the
+    start-up traceback uvicorn prints for a failing lifespan. (The app refuses it too, for
+    callers of create_app; a Keras head in --heads-dir is reported "failed" by /heads.)"""
+    from service.heads import keras_refusal
+
+    for head in heads:
+        try:
+            refusal = keras_refusal(head)
+        except (ValueError, OSError):
+            continue  # not a head folder: the start-up says so, as ever
+        if refusal is not None:
+            return f"cannot serve head {str(head)!r}: {refusal}"
+    return None
 
 
 if __name__ == "__main__":

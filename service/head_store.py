@@ -40,7 +40,7 @@ from typing import Any
 
 from extractor.spec import FeatureSpec
 from service.errors import HeadSpecMismatchError, StartupError
-from service.heads import HeadRegistry, ServedHead, check_head, trial_features
+from service.heads import HeadRegistry, ServedHead, check_head, keras_refusal, trial_features
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,11 @@ class HeadStore:
         path = candidate.path
         _completeness(path)
         label = _label(candidate.name, candidate.version)
+        refusal = keras_refusal(path)  # a Keras head where there is no Keras (the lean image)
+        if refusal is not None:
+            logger.warning("heads folder: refusing %s: %s", label, refusal)
+            raise _Refused("a Keras head: this server has no Keras (the lean serving image); "
+                           "serve it with the full image")
         try:
             loaded = load_head(path)
         except Exception as exc:  # any failure of a foreign folder is that folder's, not ours

@@ -9,8 +9,9 @@ head under a request in flight.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,17 +89,59 @@ class ServedHead:
         return self.model.predict_proba(features)
 
 
+#: What the lean serving image (docker/Dockerfile, target `serve`) cannot serve, and where to.
+FULL_IMAGE_HINT = ("Serve it with the full image (docker/Dockerfile's default target `full`; "
+                   "with compose: FEATCACHE_SERVE_TARGET=full "
+                   "FEATCACHE_SERVE_IMAGE=featcache:latest), or serve a logreg or svm head")
+
+
+def keras_installed() -> bool:
+    """Whether Keras can be imported here, without importing it (and TensorFlow with it)."""
+    try:
+        return importlib.util.find_spec("keras") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def keras_head_kind(metadata: Mapping[str, Any]) -> str | None:
+    """The kind of a head whose model is a Keras file (dense, finetune) when this installation
+    has no Keras to load it with (the lean serving image); None when the head can be loaded.
+
+    Checked before loading, so that such a head is refused with a sentence that says which
+    image serves it rather than with an ImportError from deep inside the loader."""
+    model_file = metadata.get("model_file")
+    if not (isinstance(model_file, str) and model_file.endswith(".keras")) or keras_installed():
+        return None
+    return str(metadata.get("kind") or "Keras")
+
+
+def keras_refusal(path: Path) -> str | None:
+    """Why the head folder `path` cannot be served here because it needs Keras; None if not."""
+    from classifier.artifact import read_metadata
+
+    kind = keras_head_kind(read_metadata(path))
+    if kind is None:
+        return None
+    return (f"it is a {kind} head, a Keras model, and Keras is not installed here (the lean "
+            "serving image has neither Keras nor TensorFlow: it serves scikit-learn heads, "
+            f"logreg and svm, on ONNX Runtime). {FULL_IMAGE_HINT}.")
+
+
 def load_heads(paths: Sequence[Path]) -> list[ServedHead]:
-    """Load every `--head` folder; a missing, unreadable or duplicate head stops the start-up."""
+    """Load every `--head` folder; a missing, unreadable or duplicate head stops the start-up,
+    and so does a Keras head where Keras is not installed (the lean serving image)."""
     from classifier.artifact import load_head
 
     heads: list[ServedHead] = []
     seen: dict[str, Path] = {}
     for path in paths:
         try:
-            loaded = load_head(path)
+            refusal = keras_refusal(path)
+            loaded = load_head(path) if refusal is None else None
         except (ValueError, RuntimeError, OSError) as exc:
             raise StartupError(f"cannot load head {str(path)!r}: {exc}") from exc
+        if loaded is None:
+            raise StartupError(f"cannot serve head {str(path)!r}: {refusal}")
         if loaded.name in seen:
             raise StartupError(
                 f"two heads are named {loaded.name!r} ({seen[loaded.name]} and {path}); "

@@ -12,6 +12,7 @@ from synthetic import K, MakeCache, make_spec, synthetic, views_cache
 from classifier.data import labelled_subset
 from classifier.selection import LOGREG_C, candidates, folds
 from classifier.training import train
+from extractor import write_cache
 
 
 def test_folds_never_split_an_images_views(tmp_path: Path) -> None:
@@ -25,6 +26,22 @@ def test_folds_never_split_an_images_views(tmp_path: Path) -> None:
             assert int(np.sum(subset.groups[te] == group)) == K + 1
         # stratified: both classes in every held-out fold
         assert set(subset.labels[te].tolist()) == {0, 1}
+
+
+def test_files_with_equal_bytes_share_a_fold(tmp_path: Path) -> None:
+    """Copies of one image under two names are held out together, never trained on and scored."""
+    X, y = synthetic(10, 2, seed=0)
+    paths = [f"c{y[i]}/{i:02d}.png" for i in range(len(y))]
+    sha = [f"{i:064x}" for i in range(len(y))]
+    for copy, original in ((1, 0), (11, 10), (5, 3)):  # same class, same bytes
+        sha[copy] = sha[original]
+    cache = write_cache(tmp_path / "c.h5", X, y, paths, make_spec(), class_names=["c0", "c1"],
+                        sha256=sha)
+    subset, _, _ = labelled_subset(cache)
+    for tr, te in folds(subset, 3, seed=0):
+        held = {sha[i] for i in subset.indices[te]}
+        trained = {sha[i] for i in subset.indices[tr]}
+        assert not held & trained
 
 
 def test_fewer_images_than_folds_means_fewer_folds(

@@ -65,11 +65,32 @@ def test_runtime_and_demo_locks_cover_theirs() -> None:
     _check_covers("demo.txt", requirements("demo"))
 
 
-@pytest.mark.parametrize("lock", ["runtime.txt", "demo.txt"])
+@pytest.mark.parametrize("lock", ["runtime.txt", "demo.txt", "serve.txt"])
 def test_image_locks_pin_what_the_tests_run(lock: str) -> None:
     dev = pins("dev.txt")
     differ = {n: (v, dev.get(n)) for n, v in pins(lock).items() if dev.get(n) != v}
     assert not differ, f"{lock} differs from dev.txt (image vs tests): {differ}"
+
+
+#: pyproject.toml's dependencies the lean serving image leaves out on purpose: serving
+#: scikit-learn heads on ONNX Runtime imports none of them (tests/service/test_lean_serving.py).
+NOT_SERVED = {"tensorflow-cpu", "tensorflow", "keras", "matplotlib", "tqdm"}
+
+
+def test_the_serving_lock_has_what_serving_needs_and_no_tensorflow() -> None:
+    serve_in = [Requirement(line.split("#")[0].strip())
+                for line in (LOCKS / "serve.in").read_text().splitlines()
+                if line.split("#")[0].strip()]
+    named = {canonicalize_name(r.name) for r in serve_in}
+    # Every dependency is either served or left out on purpose: a new one must be decided on.
+    wanted = {canonicalize_name(r.name) for r in requirements()} - NOT_SERVED
+    assert named == wanted, "requirements/serve.in vs pyproject.toml: add the new dependency " \
+        "to serve.in (then scripts/lock) or to NOT_SERVED"
+    _check_covers("serve.txt", [r for r in requirements()
+                                if canonicalize_name(r.name) in named])
+    locked = pins("serve.txt")
+    assert not NOT_SERVED & set(locked), NOT_SERVED & set(locked)
+    assert not {"tensorboard", "jax", "torch"} & set(locked)
 
 
 def test_the_lock_is_what_gets_installed() -> None:
@@ -78,5 +99,6 @@ def test_the_lock_is_what_gets_installed() -> None:
     assert '--require-hashes --no-deps -r "$LOCK"' in env
     dockerfile = (ROOT / "docker/Dockerfile").read_text()
     assert "--require-hashes --no-deps -r requirements/runtime.txt" in dockerfile
+    assert "--require-hashes --no-deps -r requirements/serve.txt" in dockerfile
     ci = (ROOT / ".ci/run").read_text()
     assert "scripts/test" in ci

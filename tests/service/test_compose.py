@@ -51,7 +51,25 @@ def test_up_trains_a_first_head_before_serving() -> None:
     assert job["environment"]["FEATCACHE_RUN_AS_OWNER_OF"] == "/heads"
     assert any(_target(v) == "/heads" and not v.endswith(":ro") for v in job["volumes"])
     assert any(_target(v) == "/data" and v.endswith(":ro") for v in job["volumes"])
-    assert job["image"] == services["api"]["image"]
+    # The job trains (maybe a Keras head): the full image; api serves from the lean one.
+    assert job["image"] == "${FEATCACHE_IMAGE:-featcache:latest}"
+    assert job["build"]["target"] == "full"
+
+
+def test_api_runs_the_lean_image_and_the_jobs_the_full_one() -> None:
+    compose = _compose()
+    services = compose["services"]
+    api = services["api"]
+    assert api["image"] == "${FEATCACHE_SERVE_IMAGE:-featcache:serve}"
+    assert api["build"]["target"] == "${FEATCACHE_SERVE_TARGET:-serve}"
+    assert api["build"]["args"] == services["first-head"]["build"]["args"]  # same weights rule
+    for name in ("first-head", "extract", "train-head"):
+        assert services[name]["build"]["target"] == "full", name
+        assert services[name]["image"] == "${FEATCACHE_IMAGE:-featcache:latest}", name
+    # The lean image's FEATCACHE_HOME (its ONNX export) is a named volume.
+    assert "featcache-home:/var/cache/featcache" in api["volumes"]
+    assert "featcache-home" in compose["volumes"]
+    assert "ENV FEATCACHE_HOME=/var/cache/featcache" in (ROOT / "docker/Dockerfile").read_text()
 
 
 def test_one_off_jobs() -> None:
@@ -93,10 +111,16 @@ def test_api_key_secret_example() -> None:
 def test_dockerfile() -> None:
     text = (ROOT / "docker/Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)
-    assert [s for _, s in stages] == ["base", "deps", "demo-data", "serve"]  # serve: default
-    assert re.search(r'^ENTRYPOINT \["featcache-entrypoint"\]$', text, re.M)
-    assert re.search(r'^CMD \["serve"\]$', text, re.M)
-    assert re.search(r"^USER app$", text, re.M)
+    # The lean stages first (the classic builder stops at the target: `--target serve` never
+    # installs TensorFlow); full last, the default target.
+    assert [s for _, s in stages] == ["base", "weights", "serve-deps", "serve", "deps",
+                                      "demo-data", "full"]
+    assert dict((s, f) for f, s in stages)["serve"] == "serve-deps"
+    assert len(re.findall(r'^ENTRYPOINT \["featcache-entrypoint"\]$', text, re.M)) == 2
+    assert len(re.findall(r'^CMD \["serve"\]$', text, re.M)) == 2
+    assert len(re.findall(r"^USER app$", text, re.M)) == 2
+    lean = text[text.index("AS serve-deps"):text.index("AS deps")]
+    assert "requirements/serve.txt" in lean and "runtime.txt" not in lean
     assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/ready" in text
     assert "ARG FETCH_WEIGHTS=1" in text
     assert "python3 -m pip install" in text
@@ -111,6 +135,7 @@ def test_build_context_is_small() -> None:
               if line.strip() and not line.startswith("#")]
     assert ignore[0] == "*"
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert kept == {"requirements/runtime.txt", "requirements/demo.txt", "pyproject.toml",
-                    "README.md", "extractor", "classifier", "service",
+    assert kept == {"requirements/runtime.txt", "requirements/demo.txt",
+                    "requirements/serve.txt", "pyproject.toml",
+                    "README.md", "extractor", "classifier", "service", "featcache",
                     "scripts/make_demo_data.py", "docker/entrypoint.sh", "docker/first-head.sh"}

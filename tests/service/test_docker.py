@@ -4,19 +4,23 @@ Needs a Docker engine (on our machines: ../shared/containers/setup.sh, which ser
 API from podman). This machine is offline, so every run takes the offline path the README
 gives (FEATCACHE_WEIGHTS_FILE: no download at build time, the shared file mounted instead).
 
-Both tests build the same image (one tag, FEATCACHE_IMAGE), so the second build is all layer
-cache; each runs under a compose project of its own and takes it down again. Besides
-FEATCACHE_WEIGHTS_FILE they set only what keeps a test run apart from anything else on the
-machine: the project name, the image tag and a free port.
+Compose builds two images from docker/Dockerfile: the full one (target `full`, FEATCACHE_IMAGE)
+for the one-off jobs, and the lean serving one (target `serve`, FEATCACHE_SERVE_IMAGE: no
+TensorFlow) for `api`; they share their base layers. Both tests build the same two tags, so the
+second build is all layer cache; each runs under a compose project of its own and takes it down
+again (with its volumes). Besides FEATCACHE_WEIGHTS_FILE they set only what keeps a test run
+apart from anything else on the machine: the project name, the image tags and a free port.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,12 +36,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
 IMAGE = "featcache:test"
+SERVE_IMAGE = "featcache:test-serve"
 BUILD_TIMEOUT_S = 1800  # a first build installs TensorFlow: minutes
 
 
 def _docker_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEATCACHE_", "COMPOSE_"))}
-    env.update({"DOCKER_BUILDKIT": "0", "FEATCACHE_IMAGE": IMAGE, **extra})
+    env.update({"DOCKER_BUILDKIT": "0", "FEATCACHE_IMAGE": IMAGE,
+                "FEATCACHE_SERVE_IMAGE": SERVE_IMAGE, **extra})
     if "DOCKER_HOST" not in env and PODMAN_SOCKET.exists():
         env["DOCKER_HOST"] = f"unix://{PODMAN_SOCKET}"
     return env
@@ -129,11 +135,26 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
     compose = Compose(fresh_clone, _docker_env({
         "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
     compose_down.append(compose)
-    # As on a fresh machine the image is missing, so `up` builds it (from the layer cache
+    # As on a fresh machine the images are missing, so `up` builds them (from the layer cache
     # when an earlier run left one: seconds), and never runs a stale image.
-    subprocess.run(["docker", "image", "rm", "--force", IMAGE], env=compose.env,
+    subprocess.run(["docker", "image", "rm", "--force", IMAGE, SERVE_IMAGE], env=compose.env,
                    capture_output=True, timeout=120)
     compose.up("-d", "--wait", "api")
+    # api runs the lean image: no TensorFlow, Keras or matplotlib in it at all; the jobs' has them.
+    probe = ("import importlib.util as u; "
+             "print([m for m in ('tensorflow', 'keras', 'matplotlib') if u.find_spec(m)])")
+    lean = compose("exec", "-T", "api", "python3", "-c", probe, timeout=60)
+    assert lean.returncode == 0 and lean.stdout.split() == ["[]"], (lean.stdout, lean.stderr)
+    full = compose("run", "--rm", "--no-deps", "--entrypoint", "python3", "first-head", "-c",
+                   probe, timeout=120)
+    assert "'tensorflow', 'keras', 'matplotlib'" in full.stdout, (full.stdout, full.stderr)
+    sizes = {}
+    for tag in (IMAGE, SERVE_IMAGE):
+        inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", tag],
+                                 env=compose.env, capture_output=True, text=True, timeout=60)
+        sizes[tag] = int(inspect.stdout)
+    print(f"image sizes: {sizes}")
+    assert sizes[SERVE_IMAGE] < sizes[IMAGE] / 2
 
     head = heads / "head"
     assert (head / "metadata.json").is_file()
@@ -167,6 +188,30 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.split()[-2:] == ["4321", "4322"]
         assert ((mine / "probe").stat().st_uid, (mine / "probe").stat().st_gid) == (4321, 4322)
+
+    # Offline, api made the ONNX export on its first start, into the volume: a new container
+    # (as after `up --build`) loads it from there instead of exporting again.
+    compose.up("-d", "--wait", "--no-deps", "--force-recreate", "api")
+    logs = compose("logs", "--no-color", "api").stdout
+    assert "exporting the VGG16 conv base" not in logs, logs
+    assert "on onnxruntime fp32 from /var/cache/featcache/onnx/vgg16-" in logs, logs
+
+    # kill -9 of the server's process (not `docker kill`, which counts as a manual stop): the
+    # restart policy (unless-stopped) brings it back. The soak script's --compose mode, briefly.
+    if os.geteuid() == 0:  # signalling the container's process from here needs root
+        soak = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--compose",
+             "--compose-file", str(fresh_clone / "compose.yaml"),
+             "--url", f"http://127.0.0.1:{port}", "--clients", "2", "--seconds", "10",
+             "--kill-at", "3", "--max-requests", "300", "--recovery-timeout", "120"],
+            env=compose.env, capture_output=True, text=True, timeout=300)
+        assert soak.returncode == 0, soak.stdout[-3000:] + soak.stderr[-3000:]
+        kill = json.loads(soak.stdout.strip().splitlines()[-1])["kill"]
+        assert kill.get("recovery_s", 0) > 0, kill
+        container = compose("ps", "-q", "api").stdout.split()[0]
+        restarts = subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", container],
+                                  env=compose.env, capture_output=True, text=True, timeout=60)
+        assert int(restarts.stdout) >= 1, restarts
 
 
 def _world_readable(folder: Path) -> None:
@@ -230,11 +275,10 @@ def test_served_head_predicts_as_in_process_with_the_api_key_from_a_secret(
 def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path: Path) -> None:
     """One compose file, no -f: the weights are downloaded at build time unless
     FEATCACHE_WEIGHTS_FILE is set, in which case the download is skipped and the file mounted."""
-    import json
-
     for offline in (False, True):
         extra = {"FEATCACHE_WEIGHTS_FILE": str(weights_path)} if offline else {}
-        out = Compose(fresh_clone, _docker_env(extra))("config", "--format", "json", timeout=60)
+        out = Compose(fresh_clone, _docker_env(extra))("--profile", "jobs", "config", "--format",
+                                                       "json", timeout=60)
         assert out.returncode == 0, out.stderr
         config = json.loads(out.stdout)
         for name in ("first-head", "api"):
@@ -244,3 +288,11 @@ def test_compose_file_serves_online_and_offline(fresh_clone: Path, weights_path:
             source = Path(mount["source"])
             assert source == (weights_path if offline else fresh_clone / "docker/no-weights-file")
             assert mount["read_only"] is True
+        # api serves from the lean image, its ONNX export in a volume; the jobs use the full one.
+        assert config["services"]["api"]["build"]["target"] == "serve"
+        assert config["services"]["api"]["image"] == SERVE_IMAGE
+        assert {"type": "volume", "source": "featcache-home", "target": "/var/cache/featcache",
+                "volume": {}} in config["services"]["api"]["volumes"]
+        for job in ("first-head", "extract", "train-head"):
+            assert config["services"][job]["build"]["target"] == "full"
+            assert config["services"][job]["image"] == IMAGE
