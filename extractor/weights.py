@@ -62,18 +62,16 @@ def resolve_weights(weights: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _first_hop(url: str) -> tuple[str, int]:
-    """Where a download of `url` connects first: the HTTPS proxy urllib (and so Keras's
-    `get_file`) uses when HTTPS_PROXY / https_proxy is set and NO_PROXY does not exempt the
-    host, else the host itself."""
-    import urllib.parse
-    import urllib.request
-
-    host = urllib.parse.urlsplit(url).hostname or ""
-    proxy = urllib.request.getproxies().get("https")
+    """Where a download of `url` connects first: the proxy urllib uses for its scheme
+    (HTTPS_PROXY / https_proxy for https) when one is set and NO_PROXY does not exempt the
+    host, else the host itself, at the URL's port."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
-        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    return host, 443
+        hop = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return hop.hostname or "", hop.port or (443 if hop.scheme == "https" else 80)
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _download_imagenet() -> Path:
