@@ -73,8 +73,9 @@ def test_image_locks_pin_what_the_tests_run(lock: str) -> None:
 
 
 #: pyproject.toml's dependencies the lean serving image leaves out on purpose: serving
-#: scikit-learn heads on ONNX Runtime imports none of them (tests/service/test_lean_serving.py).
-NOT_SERVED = {"tensorflow-cpu", "tensorflow", "keras", "matplotlib", "tqdm"}
+#: scikit-learn heads on ONNX Runtime imports none of them (tests/service/test_lean_serving.py;
+#: argcomplete only answers a shell's tab-completion request, extractor/console.py).
+NOT_SERVED = {"tensorflow-cpu", "tensorflow", "keras", "matplotlib", "tqdm", "argcomplete"}
 
 
 def test_the_serving_lock_has_what_serving_needs_and_no_tensorflow() -> None:
