@@ -17,10 +17,10 @@ from extractor import console
 TRAIN_EPILOG = """\
 Heads (each reads named features of the cache: pooled vectors of one or several layers, or
 the maps of its main layer):
-  logreg  (default) logistic regression in a Pipeline with a StandardScaler on avg+max pooled
-          vectors; C and the layers (block5, block4, block4+5, block3+4+5, as far as the
-          cache holds them) are chosen by cross-validation on the training cache
-  svm     RBF support-vector machine with a StandardScaler, Platt-scaled probabilities;
+  logreg  (default) logistic regression on avg+max pooled vectors, square-rooted and
+          standardised (--scaling); C and the layers (block5, block4, block4+5, block3+4+5, as
+          far as the cache holds them) are chosen by cross-validation on the training cache
+  svm     RBF support-vector machine on the same vectors, Platt-scaled probabilities;
           C and layers chosen by cross-validation as for logreg
   auto    logreg or svm, whichever cross-validates better (with their C and layers)
   dense   the recipe's Keras head: pooling -> Dense(256, relu) -> Dropout(0.5) -> sigmoid
@@ -122,7 +122,7 @@ def build_train_parser(prog: str = "train-head") -> argparse.ArgumentParser:
     g.add_argument("--C", type=_positive_float, default=None,
                    help="inverse regularisation strength (default: chosen by --cv; with --cv 0, "
                    "0.03 logreg, 10 svm)")
-    g.add_argument("--scaling", choices=("standard", "sqrt", "l2"), default="standard",
+    g.add_argument("--scaling", choices=("standard", "sqrt", "l2"), default="sqrt",
                    help="standard: StandardScaler; sqrt: square root, then StandardScaler; "
                    "l2: unit-norm rows (default: %(default)s)")
     g.add_argument("--kernel", choices=("rbf", "linear"), default="rbf",
