@@ -138,6 +138,10 @@ def scratch_convnet(train: Sequence[tuple[Path, int]], val: Sequence[tuple[Path,
 
     xt, yt = load(train)
     xv, yv = load(val)
+    # Keras's validation_split takes the last rows as they are, and files come sorted by class:
+    # shuffle first, or early stopping watches one class only.
+    order = np.random.default_rng(seed).permutation(len(yt))
+    xt, yt = xt[order], yt[order]
     keras.utils.set_random_seed(seed)
     layers: list[Any] = [keras.Input((150, 150, 3))]
     for filters in (32, 64, 128, 128):
