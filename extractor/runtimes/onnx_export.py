@@ -58,7 +58,10 @@ def available() -> bool:
 
 
 def export_name(weights_sha256: str, layers: tuple[str, ...], image_size: int) -> str:
-    return f"vgg16-{weights_sha256}-{'+'.join(layers)}-{image_size}-{EXPORT_VERSION}.onnx"
+    """The export's file name. The outputs are named after their layers, so their order does
+    not change the graph: sorted, every order shares one file."""
+    tapped = "+".join(sorted(set(layers)))
+    return f"vgg16-{weights_sha256}-{tapped}-{image_size}-{EXPORT_VERSION}.onnx"
 
 
 def _groups(f: object) -> Iterator[tuple[str, object]]:
@@ -181,7 +184,9 @@ def load_or_export(
     weights_path: Path, weights_sha256: str, layers: tuple[str, ...], image_size: int
 ) -> tuple[bytes | Path, str]:
     """The ONNX model for these weights and output layers, exporting (once) if needed; returns
-    (model, origin)."""
+    (model, origin). The graph's outputs come in layer order whatever the order asked: one
+    file, and the same bytes, for every order."""
+    layers = tuple(sorted(set(layers)))
     name = export_name(weights_sha256, layers, image_size)
     found = next(store.find(weights_path, name), None)
     if found is not None:
