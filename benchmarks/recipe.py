@@ -69,14 +69,20 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def extract(folder: Path, out: Path, weights: str | None, **kw: Any) -> tuple[float, int]:
-    """(seconds, images through the conv base) of one extraction (0 s when already there)."""
+    """(seconds, images through the conv base) of one extraction. A cache left by an earlier
+    run in the same --work folder is reused, with the figures recorded beside it then."""
     from extractor.runner import Options, run
 
-    if out.exists():
-        return 0.0, 0
+    record = out.with_name(out.name + ".extraction.json")
+    if out.exists() and record.exists():
+        done = json.loads(record.read_text())
+        return float(done["seconds"]), int(done["images_through_base"])
     t = time.perf_counter()
     summary = run(Options(directory=folder, out=out, weights=weights, progress=False, **kw))
-    return time.perf_counter() - t, summary.extracted * (1 + kw.get("augment", 0))
+    seconds = time.perf_counter() - t
+    passes = summary.extracted * (1 + kw.get("augment", 0))
+    record.write_text(json.dumps({"seconds": seconds, "images_through_base": passes}))
+    return seconds, passes
 
 
 def image_folds(cache: Path, k: int, seed: int) -> list[set[str]]:
