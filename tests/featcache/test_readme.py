@@ -3,6 +3,7 @@ images; its sections follow a user's path and its links land on its headings."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from featcache import cli
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
-EXAMPLES = ["quickstart.sh", "python_api.py", "cross_validation.py"]
+EXAMPLES = ["quickstart.sh", "best_accuracy.sh", "python_api.py", "cross_validation.py"]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -94,6 +95,24 @@ def test_quickstart_runs(folders: dict[str, Path], tmp_path: Path) -> None:
     assert "confusion matrix" in out.stdout  # evaluate's table
     assert "datasets:" in out.stdout and "selection:" in out.stdout  # info on cache and head
     assert (work / "predictions.csv").read_text().count("\n") == 3
+
+
+@pytest.mark.slow
+def test_best_accuracy_sequence_runs(folders: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 10's sequence, verbatim: 8 views per image in both caches, the default head
+    trained on them, and evaluate averaging over the 8 views of each validation image."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    work = tmp_path / "work"
+    out = subprocess.run(["bash", str(REPO / "examples" / "best_accuracy.sh"),
+                          str(folders["train"]), str(folders["validation"]), str(work)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout[out.stdout.rindex("\n{") + 1:])
+    assert report["images"] == 6 and report["views_averaged"] == 8
+    assert 0.0 <= report["accuracy"] <= 1.0
+    metadata = json.loads((work / "heads" / "best" / "metadata.json").read_text())
+    assert metadata["views"]["count"] == 7 and metadata["views"]["mode"] == "dihedral"
+    assert metadata["selection"]["chosen"]
 
 
 @pytest.mark.slow
