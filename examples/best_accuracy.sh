@@ -3,7 +3,9 @@
 # train-head's default on them, probabilities averaged over the same 8 views at prediction.
 #   examples/best_accuracy.sh TRAIN_DIR VALIDATION_DIR WORK_DIR
 set -euo pipefail
-train=$1 val=$2 work=$3
+train=$(cd "$1" && pwd)   # absolute paths: the steps run in WORK_DIR
+val=$(cd "$2" && pwd)
+work=$3
 mkdir -p "$work" && cd "$work"
 
 extract --dir "$train" --out t.h5 --augment 7 --augment-mode dihedral

@@ -103,9 +103,11 @@ def test_best_accuracy_sequence_runs(folders: dict[str, Path], tmp_path: Path) -
     trained on them, and evaluate averaging over the 8 views of each validation image."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     work = tmp_path / "work"
+    # Relative paths, as a user types them: the script runs its steps in WORK_DIR.
     out = subprocess.run(["bash", str(REPO / "examples" / "best_accuracy.sh"),
-                          str(folders["train"]), str(folders["validation"]), str(work)],
-                         env=env, capture_output=True, text=True, timeout=900)
+                          os.path.relpath(folders["train"], tmp_path),
+                          os.path.relpath(folders["validation"], tmp_path), "work"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout[out.stdout.rindex("\n{") + 1:])
     assert report["images"] == 6 and report["views_averaged"] == 8
