@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from fakes import SIZE, CountingFeatures, fake_features, make_folder, opts
+from fakes import SIZE, CountingFeatures, DiesOnBatch, fake_features, make_folder, opts
 from imagegen import gradient, write_bad_files
 from PIL import Image
 
@@ -151,17 +151,8 @@ def test_interrupted_run_resumes_from_checkpoints(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "imgs", per_class=6)
     out = tmp_path / "f.h5"
 
-    calls = 0
-
-    def dies_on_third_batch(pixels: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise KeyboardInterrupt
-        return fake_features(pixels)
-
     with pytest.raises(KeyboardInterrupt):
-        run(opts(folder, out, batch_size=2, checkpoint_every=2), features_fn=dies_on_third_batch)
+        run(opts(folder, out, batch_size=2, checkpoint_every=2), features_fn=DiesOnBatch(3))
     assert not out.exists() and parts_dir(out).is_dir()
 
     counter = CountingFeatures()
@@ -359,17 +350,9 @@ def test_files_changed_after_a_checkpoint_are_extracted_again(tmp_path: Path) ->
     folder = make_folder(tmp_path / "imgs", per_class=3)
     (folder / "cat" / "bad.png").write_bytes(b"not an image yet")
     out = tmp_path / "f.h5"
-    calls = 0
-
-    def dies_on_third_batch(pixels: np.ndarray) -> np.ndarray:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise KeyboardInterrupt
-        return fake_features(pixels)
 
     with pytest.raises(KeyboardInterrupt):
-        run(opts(folder, out, batch_size=1, checkpoint_every=1), features_fn=dies_on_third_batch)
+        run(opts(folder, out, batch_size=1, checkpoint_every=1), features_fn=DiesOnBatch(3))
     # Checkpointed: cat/bad.png (skipped), cat/cat000.png, cat/cat001.png. Now both change.
     Image.fromarray(np.full((60, 80, 3), 9, np.uint8)).save(folder / "cat" / "cat000.png")
     Image.fromarray(np.full((60, 80, 3), 33, np.uint8)).save(folder / "cat" / "bad.png")
@@ -474,21 +457,9 @@ def test_checkpoints_made_with_other_pooled_layers_are_refused(tmp_path: Path) -
     folder = make_folder(tmp_path / "imgs", per_class=3)
     out = tmp_path / "f.h5"
 
-    def dies(pixels: np.ndarray) -> dict[str, np.ndarray]:
-        raise KeyboardInterrupt
-
-    calls = 0
-
-    def dies_on_second_batch(pixels: np.ndarray) -> dict[str, np.ndarray]:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            dies(pixels)
-        return fake_features(pixels)
-
     with pytest.raises(KeyboardInterrupt):
         run(opts(folder, out, batch_size=2, checkpoint_every=2, pooled_layers=()),
-            features_fn=dies_on_second_batch)
+            features_fn=DiesOnBatch(2))
     with pytest.raises(CacheError, match="pooled_layers"):
         run(opts(folder, out), features_fn=fake_features)
     summary = run(opts(folder, out, pooled_layers=()), features_fn=fake_features)

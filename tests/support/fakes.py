@@ -47,6 +47,21 @@ class CountingFeatures:
         return fake_features(pixels)
 
 
+class DiesOnBatch:
+    """Fake features until the `batch`-th call, which raises KeyboardInterrupt: a run stopped
+    by Ctrl-C after `batch` - 1 batches (and whatever checkpoints they made)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.calls = 0
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == self.batch:
+            raise KeyboardInterrupt
+        return fake_features(pixels)
+
+
 def make_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
     for c, cls in enumerate(classes):
         (root / cls).mkdir(parents=True, exist_ok=True)
