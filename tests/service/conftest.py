@@ -147,6 +147,25 @@ def make_fake(base_spec: FeatureSpec) -> Callable[..., FakeBackbone]:
     return lambda **kw: FakeBackbone(base_spec, **kw)
 
 
+@pytest.fixture
+def loading_client(head_dir: Path, settings_for: Callable[..., Settings],
+                   make_fake: Callable[..., FakeBackbone]) -> Iterator[TestClient]:
+    """A client of a server whose conv base is still loading (released when the test ends)."""
+    release = threading.Event()
+    fake = make_fake()
+
+    def slow_factory(*_: Any) -> FakeBackbone:
+        release.wait(30)
+        return fake
+
+    app = create_app(settings_for([head_dir]), backbone_factory=slow_factory)
+    with TestClient(app) as client:
+        try:
+            yield client
+        finally:
+            release.set()
+
+
 @pytest.fixture(scope="session")
 def elpv_images(small_image_dir: Path) -> list[Path]:
     """The 24 real images of the small cache, sorted by their path relative to the folder."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from imagegen import encode, gradient, png_header_claiming
 from PIL import Image
 
@@ -181,27 +181,10 @@ def test_api_key(fake_app) -> None:  # type: ignore[no-untyped-def]
         assert ok.status_code == 200
 
 
-def test_not_ready_is_503(head_dir: Path, settings_for, make_fake) -> None:  # type: ignore[no-untyped-def]
-    import threading
-
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-
-    release = threading.Event()
-    fake = make_fake()
-
-    def slow_factory(*_):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        return fake
-
-    app = create_app(settings_for([head_dir]), backbone_factory=slow_factory)
-    with TestClient(app) as client:
-        try:
-            assert client.get("/health").json() == {"status": "ok"}
-            assert_error(client.get("/ready"), 503, "not_ready", "loading")
-            r = client.post("/predict", files={"file": ("a.png", GOOD)})
-            assert_error(r, 503, "not_ready")
-            assert r.headers["retry-after"]
-        finally:
-            release.set()
+def test_not_ready_is_503(loading_client: TestClient) -> None:
+    client = loading_client
+    assert client.get("/health").json() == {"status": "ok"}
+    assert_error(client.get("/ready"), 503, "not_ready", "loading")
+    r = client.post("/predict", files={"file": ("a.png", GOOD)})
+    assert_error(r, 503, "not_ready")
+    assert r.headers["retry-after"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
 from imagegen import encode, gradient
 from PIL import Image
-
-from service.app import create_app
 
 IMAGES = [encode(Image.fromarray(gradient(64, 64, seed=s))) for s in (3, 5, 8)]
 MODEL = "elpv-logreg"
@@ -148,23 +144,12 @@ def test_api_key(fake_app) -> None:  # type: ignore[no-untyped-def]
         assert read_result(r).as_numpy("LABEL").shape == (1,)
 
 
-def test_not_ready_is_503(head_dir: Path, settings_for, make_fake) -> None:  # type: ignore[no-untyped-def]
-    release = threading.Event()
-    fake = make_fake()
-
-    def slow_factory(*_):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        return fake
-
-    app = create_app(settings_for([head_dir]), backbone_factory=slow_factory)
-    with TestClient(app) as client:
-        try:
-            assert client.get("/v2/health/live").status_code == 200
-            assert_v2_error(client.get("/v2/health/ready"), 503, "loading")
-            assert_v2_error(client.get(f"/v2/models/{MODEL}/ready"), 503, "loading")
-            body, headers = infer_body(IMAGES[:1])
-            r = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
-            assert_v2_error(r, 503)
-            assert r.headers["retry-after"]
-        finally:
-            release.set()
+def test_not_ready_is_503(loading_client: TestClient) -> None:
+    client = loading_client
+    assert client.get("/v2/health/live").status_code == 200
+    assert_v2_error(client.get("/v2/health/ready"), 503, "loading")
+    assert_v2_error(client.get(f"/v2/models/{MODEL}/ready"), 503, "loading")
+    body, headers = infer_body(IMAGES[:1])
+    r = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+    assert_v2_error(r, 503)
+    assert r.headers["retry-after"]
