@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from liveserver import free_port
 from PIL import Image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -47,12 +47,6 @@ def _docker_env(extra: dict[str, str]) -> dict[str, str]:
     if "DOCKER_HOST" not in env and PODMAN_SOCKET.exists():
         env["DOCKER_HOST"] = f"unix://{PODMAN_SOCKET}"
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Compose:
@@ -131,7 +125,7 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
     # What the job writes belongs to the owner of ./heads (docker/entrypoint.sh), never root:
     # a clone made by root (CI) hands ./heads to the image's user, app (10001).
     owner = 10001 if os.geteuid() == 0 else os.geteuid()
-    port = _free_port()
+    port = free_port()
     compose = Compose(fresh_clone, _docker_env({
         "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
     compose_down.append(compose)
@@ -234,7 +228,7 @@ def test_served_head_predicts_as_in_process_with_the_api_key_from_a_secret(
     key_file.write_text("s3cret-from-a-file\n")
     key_file.chmod(0o644)
     _world_readable(tmp_path)
-    port = _free_port()
+    port = free_port()
     compose = Compose(REPO, _docker_env({
         "FEATCACHE_HEADS_DIR": str(heads), "FEATCACHE_HEAD": "served",
         "FEATCACHE_HOST_PORT": str(port), "FEATCACHE_WEIGHTS_FILE": str(weights_path),

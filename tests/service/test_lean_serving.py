@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from liveserver import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +70,6 @@ def dense_head_dir(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     return train(small_cache, tmp_path_factory.mktemp("heads") / "elpv-dense", head="dense",
                  params=FAST_DENSE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lean:

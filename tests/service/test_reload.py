@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from headfolders import install, model_file
 from imagegen import encode
+from liveserver import free_port
 from PIL import Image
 
 from classifier.artifact import load_head
@@ -30,12 +30,6 @@ from service.app import create_app
 
 COLOURS = ["red", "green", "blue", "white", "black", "orange"]
 IMAGES = [encode(Image.new("RGB", (64, 64), c)) for c in COLOURS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -12,14 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from liveserver import free_port
 
 from service.cli import main as serve_main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_no_head_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

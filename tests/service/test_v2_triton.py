@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from headfolders import install
+from liveserver import free_port
 from tritonclient.utils import InferenceServerException
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,14 +32,6 @@ def auth() -> dict[str, str]:
 
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
