@@ -396,11 +396,6 @@ def _create_dataset(f: h5py.Group, path: str, n: int, row_shape: Sequence[int]) 
     )
 
 
-def _create_datasets(f: h5py.File, n: int, spec: FeatureSpec) -> None:
-    for path, shape in feature_datasets(spec).values():
-        _create_dataset(f, path, n, shape)
-
-
 def as_features(
     features: Features | NDArray[np.float32], spec: FeatureSpec, n: int
 ) -> Features:

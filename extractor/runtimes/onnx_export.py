@@ -17,7 +17,6 @@ does. Outputs: one NHWC tensor per tapped pooling layer, named after it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,8 +194,3 @@ def load_or_export(
     data = build(weights_path, layers, image_size)
     path = store.keep(data, weights_path, name, "ONNX export")
     return (path, str(path)) if path is not None else (data, "memory")
-
-
-def sha256_of(model: bytes | Path) -> str:
-    data = model.read_bytes() if isinstance(model, Path) else model
-    return hashlib.sha256(data).hexdigest()
