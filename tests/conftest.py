@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Every Ray node the tests start (in this process or a subprocess) uses 127.0.0.1, never this
+# machine's other addresses: test traffic stays on the loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FEATCACHE_SHARED", REPO.parent / "shared"))
 

@@ -138,6 +138,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+                 _node_ip_address="127.0.0.1",
                  _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
     yield ray
