@@ -11,8 +11,9 @@ run and printed as ratios, with the CPU and its int8-relevant flags:
     decode    CPU cost of decoding one image vs one int8 / fp32 forward pass (per image), the
               balance behind --workers and --threads
     fidelity  cosine of int8 to fp32 features on every image of --val (maps and pooled vectors;
-              --calibration DIR adds a model calibrated on DIR, --seven-bit the reduce_range
-              model); target >= 0.99 on every image
+              --calibration DIR adds a model calibrated on DIR, --portable the portable-scheme
+              model a team of mixed CPUs shares, where this CPU's default is s8); target >=
+              0.99 on every image
     accuracy  default head (train-head) on train/val caches of each precision; target: int8
               within 1 point of fp32
     serve     /predict p50 of `serve --precision int8` with an int8 head vs `serve` fp32 with an
@@ -45,8 +46,10 @@ PARTS = ("speed", "threads", "decode", "fidelity", "accuracy", "serve")
 def cpu_line() -> str:
     from extractor.runtimes.cpu import detect
 
+    from extractor.runtimes.int8 import scheme_for
+
     info = detect()
-    return f"{info.describe()}; VNNI: {'yes' if info.vnni else 'no'}"
+    return f"{info.describe()}; int8 weight scheme here: {scheme_for(info).name}"
 
 
 def subset(src: Path, dst: Path, limit: int | None) -> Path:
@@ -132,7 +135,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def part_fidelity(val: Path, calibration: Path | None, seven_bit: bool) -> None:
+def part_fidelity(val: Path, calibration: Path | None, portable: bool) -> None:
     from extractor.backbone import ConvBase
     from extractor.images import decode_image
 
@@ -143,15 +146,15 @@ def part_fidelity(val: Path, calibration: Path | None, seven_bit: bool) -> None:
     if calibration is not None:
         bases[f"int8 (--calibration {calibration})"] = ConvBase(
             WEIGHTS, precision="int8", pooled_layers=pooled, calibration=calibration)
-    if seven_bit:
-        from extractor.runtimes.int8 import REDUCE_RANGE_ENV
+    if portable:
+        from extractor.runtimes.int8 import WEIGHTS_ENV
 
-        os.environ[REDUCE_RANGE_ENV] = "1"
+        os.environ[WEIGHTS_ENV] = "portable"
         try:
-            bases["int8, 7-bit weights (reduce_range)"] = ConvBase(
+            bases["int8, portable weights"] = ConvBase(
                 WEIGHTS, precision="int8", pooled_layers=pooled)
         finally:
-            del os.environ[REDUCE_RANGE_ENV]
+            del os.environ[WEIGHTS_ENV]
     cos: dict[str, dict[str, list[float]]] = {k: {} for k in bases}
     for i in range(0, len(files), 16):
         pixels = np.stack([decode_image(f.read_bytes(), 150) for f in files[i:i + 16]])
@@ -244,8 +247,8 @@ def main() -> int:
                     help="threads part: WORKERSxTHREADS pairs (default: %(default)s)")
     ap.add_argument("--calibration", type=Path, default=None,
                     help="fidelity: also a model calibrated on this folder")
-    ap.add_argument("--seven-bit", action="store_true",
-                    help="fidelity: also the 7-bit-weight model CPUs without VNNI would need")
+    ap.add_argument("--portable", action="store_true",
+                    help="fidelity: also the portable-scheme model (FEATCACHE_INT8_WEIGHTS=portable)")
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args()
@@ -266,7 +269,7 @@ def main() -> int:
         if "decode" in parts:
             part_decode(folder)
         if "fidelity" in parts:
-            part_fidelity(args.val, args.calibration, args.seven_bit)
+            part_fidelity(args.val, args.calibration, args.portable)
         if "accuracy" in parts:
             part_accuracy(args.dir, args.val, tmp, args.timeout)
         if "serve" in parts:

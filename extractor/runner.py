@@ -343,7 +343,7 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     if changed:
         summary.total, summary.skipped = consolidate(
             opts.out, staging, listing.labels, listing.class_names,
-            _extra_attrs(opts, weights_path), verified,
+            _extra_attrs(opts, weights_path, spec.quantized_sha256), verified,
         )
     else:
         # Nothing new: files that failed before failed again; keep the cache file as it is.
@@ -382,7 +382,7 @@ def _unchanged(
     return (True, identity(st, checked_at)) if same else (False, None)
 
 
-def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
+def _extra_attrs(opts: Options, weights_path: Path, quantized_sha256: str = "") -> dict[str, str]:
     import importlib.metadata as md
 
     try:
@@ -391,8 +391,14 @@ def _extra_attrs(opts: Options, weights_path: Path) -> dict[str, str]:
         keras_version = "unknown"
     from extractor.runtimes.cpu import detect
 
+    extra = {}
+    if quantized_sha256:
+        from extractor.runtimes import int8
+
+        extra["int8_weights"] = int8.scheme_of(weights_path, quantized_sha256)
     return {
         "cpu": detect().describe(),  # int8 features depend on it (extractor.runtimes.int8)
+        **extra,
         "weights_source": opts.weights or "default",
         "weights_file": weights_path.name,
         "keras_version": keras_version,

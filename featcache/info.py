@@ -137,6 +137,7 @@ def describe_cache(path: Path) -> dict[str, Any]:
         "source_dir": attrs.get("source_dir"),
         "weights_file": attrs.get("weights_file"),
         "cpu": attrs.get("cpu"),
+        "int8_weights": attrs.get("int8_weights"),
         "created": attrs.get("created"),
         "package_version": attrs.get("package_version"),
     }
@@ -172,6 +173,8 @@ def _format_cache(d: dict[str, Any]) -> str:
         + f", runtime {spec['runtime']}, weights {spec['weights_sha256'][:12]}",
         f"pooled:     {', '.join(d['pooled_layers']) or 'none'}",
         f"features:   {', '.join(d['features'])}",
+        *([f"int8:       weights {d.get('int8_weights') or 'not recorded'}, made on "
+           f"{d.get('cpu') or 'an unrecorded CPU'}"] if spec["quantized_sha256"] else []),
         f"engine:     {d['engine']}"
         + (f" ({d['shards']['files']} shard files, {len(d['shards']['missing'])} missing)"
            if d["shards"] else ""),

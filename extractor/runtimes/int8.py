@@ -8,19 +8,24 @@ How the model is made (`build`):
 2. Calibration: 64 crops of the photographs scikit-learn ships
    (`extractor.runtimes.calibration`; or a folder's images with `extract --calibration DIR`),
    run through the fp32 graph in a fixed order; the min and max of every activation tensor,
-   each widened outward to 7 significant bits (at most 1.6% wider), so that the last-bit
-   differences of fp32 kernels between CPUs cannot change the ranges.
-3. `onnxruntime.quantization.quantize_static`, QDQ format, per-channel int8 weights, uint8
-   activations, the ranges above given as `TensorQuantOverrides`.
+   each widened outward by 0.1% and then to 7 significant bits (at most 1.7% wider), so that
+   the last-bit differences of fp32 kernels between CPUs cannot change the ranges (`widen`).
+3. `onnxruntime.quantization.quantize_static`, QDQ format, per-channel symmetric weights in
+   the formats of the weight scheme (below), uint8 activations, the ranges above given as
+   `TensorQuantOverrides` (with each layer's weight format; fp32 layers are excluded).
 
-Weights: 8 bits on CPUs with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8 in /proc/cpuinfo).
-Without them (AVX2-only CPUs such as Zen 3) onnxruntime sums pairs of u8 x s8 products in 16 bits
-(VPMADDUBSW), which saturates with 8-bit weights; 7-bit weights (`reduce_range`) cannot
-saturate but measured a worst-image cosine of 0.987 to fp32 on ELPV, under the 0.99 target
-(BENCHMARKS.md, "int8"). So int8 is refused there, unless `FEATCACHE_INT8_REDUCE_RANGE=1`
-accepts 7-bit weights; set it on every machine (VNNI ones too) of a team whose machines differ,
-and they all build the same 7-bit model. A model with 8-bit weights is refused on a CPU without
-VNNI even when found by hash: its features would not be the ones it made elsewhere.
+Weights, per conv layer (`WeightScheme`), chosen by the CPU family (`extractor.runtimes.cpu`):
+
+- `s8`, on x86 CPUs with VNNI or AMX: 8-bit signed weights in every layer, the fastest there.
+- `portable`, everywhere else (AVX2-only x86 such as Zen 2/3, ARM64, unknown CPUs): there
+  onnxruntime sums pairs of u8 x s8 products in 16 bits (VPMADDUBSW), which saturates with 8-bit
+  signed weights. The portable scheme uses only formats that cannot saturate on any CPU
+  (`PORTABLE` says which, layer by layer, and BENCHMARKS.md "int8 on AVX2" why), so it is also
+  the one model a team of mixed CPUs can share: set `FEATCACHE_INT8_WEIGHTS=portable` on every
+  machine, VNNI ones included.
+
+A model with `s8` weights is refused on a CPU without VNNI even when found by hash: its features
+would not be the ones it made elsewhere.
 
 The file is `vgg16-<weights sha256>-<size>-int8-<recipe key>-<model sha256>.onnx`, beside the
 fp32 export (`extractor.runtimes.store`). The recipe key hashes everything the bytes depend on
@@ -53,16 +58,26 @@ from extractor.runtimes.cpu import CpuInfo, detect
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the way the model is made changes.
-RECIPE_VERSION = "q1"
+#: Bump when the way the model is made changes (q2: weight schemes, ranges widened by a margin).
+RECIPE_VERSION = "q2"
 TAPS = ("block3_pool", "block4_pool", "block5_pool")
+WEIGHTS_ENV = "FEATCACHE_INT8_WEIGHTS"
+#: The previous round's switch to 7-bit weights everywhere; now read as `portable`.
 REDUCE_RANGE_ENV = "FEATCACHE_INT8_REDUCE_RANGE"
 METADATA_KEY = "featcache.int8_recipe"
 #: Significant bits kept when widening a calibrated range outward.
 RANGE_BITS = 7
+#: Relative margin added before rounding a range outward (see `widen`).
+RANGE_MARGIN = 2.0 ** -10
 CALIBRATION_BATCH = 4
 #: Models that no folder could keep, by SHA-256: built once per process all the same.
 _IN_MEMORY: dict[str, Quantized] = {}
+
+#: Weight formats of a conv layer: 8-bit signed (saturates without VNNI on x86), 7-bit signed
+#: (cannot saturate), 8-bit unsigned (U8U8 kernels: cannot saturate, slower on AVX2), or the
+#: layer left in fp32 (its input is not quantized either).
+FORMATS = ("s8", "s7", "u8", "fp32")
+CONV_LAYERS = tuple(name for name, channels in onnx_export.VGG16 if channels)
 
 
 class Int8Error(RuntimeError):
@@ -70,32 +85,69 @@ class Int8Error(RuntimeError):
     message says what to copy where), or this CPU would not compute it faithfully."""
 
 
-def reduce_range(cpu: CpuInfo | None = None) -> bool:
-    """Whether to quantize weights to 7 bits here (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class WeightScheme:
+    """The weight format of every conv layer: `default`, except those `layers` names."""
+
+    name: str
+    default: str
+    layers: tuple[tuple[str, str], ...] = ()
+
+    def format_of(self, layer: str) -> str:
+        return dict(self.layers).get(layer, self.default)
+
+    @property
+    def needs_vnni(self) -> bool:
+        """Whether some layer has 8-bit signed weights (faithful only with VNNI/AMX on x86)."""
+        return any(self.format_of(layer) == "s8" for layer in CONV_LAYERS)
+
+    def describe(self) -> dict[str, str]:
+        """The formats, for the recipe: the default and each exception."""
+        return {"default": self.default, **dict(self.layers)}
+
+
+S8 = WeightScheme("s8", "s8")
+#: Measured on an AVX2-only Zen 3 (BENCHMARKS.md, "int8 on AVX2"): the first conv layer in fp32
+#: (raw pixel ranges; 0.5% of the multiply-adds) and the rest as below.
+PORTABLE = WeightScheme("portable", "u8", (("block1_conv1", "fp32"),))
+SCHEMES = {scheme.name: scheme for scheme in (S8, PORTABLE)}
+
+
+def scheme_for(cpu: CpuInfo | None = None) -> WeightScheme:
+    """The weight scheme for this CPU, or the one `FEATCACHE_INT8_WEIGHTS` names (auto, s8,
+    portable). `s8` is refused on a CPU where it would saturate."""
     cpu = cpu or detect()
-    setting = os.environ.get(REDUCE_RANGE_ENV, "").strip().lower()
-    if setting in ("1", "true", "yes"):
-        return True
-    if cpu.vnni:
-        return False
-    raise Int8Error(
-        f"--precision int8 needs a CPU with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8); "
-        f"this one is {cpu.describe()}. Without them 8-bit weights saturate, and 7-bit weights "
-        f"fall below the fidelity target (worst-image cosine 0.987 < 0.99 to fp32 on ELPV, "
-        f"BENCHMARKS.md). Use --precision fp32, or set {REDUCE_RANGE_ENV}=1 to accept 7-bit "
-        f"weights (on every machine that must share the model)."
-    )
+    setting = os.environ.get(WEIGHTS_ENV, "").strip().lower() or "auto"
+    if os.environ.get(REDUCE_RANGE_ENV, "").strip().lower() in ("1", "true", "yes") \
+            and setting == "auto":
+        logger.warning("%s is replaced by %s=portable (weights that cannot saturate on any "
+                       "CPU); using that", REDUCE_RANGE_ENV, WEIGHTS_ENV)
+        setting = "portable"
+    if setting == "auto":
+        return S8 if cpu.family == "x86-vnni" else PORTABLE
+    if setting not in SCHEMES:
+        raise Int8Error(f"{WEIGHTS_ENV}={setting!r}: choose auto, {', '.join(SCHEMES)}")
+    scheme = SCHEMES[setting]
+    check_cpu({"weights": scheme.describe()}, cpu)
+    return scheme
+
+
+def _needs_vnni(rec: Mapping[str, Any]) -> bool:
+    if "weights" in rec and isinstance(rec["weights"], Mapping):
+        return "s8" in rec["weights"].values()
+    return not rec.get("reduce_range", False)  # a model of recipe q1
 
 
 def check_cpu(rec: Mapping[str, Any], cpu: CpuInfo | None = None) -> None:
-    """Refuse a model with 8-bit weights on a CPU without VNNI (its sums would saturate)."""
+    """Refuse a model with 8-bit signed weights on a CPU without VNNI (its sums would
+    saturate)."""
     cpu = cpu or detect()
-    if not rec.get("reduce_range", False) and not cpu.vnni:
+    if _needs_vnni(rec) and cpu.family != "x86-vnni":
         raise Int8Error(
-            f"this int8 model has 8-bit weights, made for CPUs with VNNI; on this one "
-            f"({cpu.describe()}) its sums saturate and the features would differ from those it "
-            f"made elsewhere. Use --precision fp32 here, or make int8 features with "
-            f"{REDUCE_RANGE_ENV}=1 on every machine (7-bit weights, slightly less faithful)."
+            f"this int8 model has 8-bit signed weights, made for x86 CPUs with VNNI or AMX; on "
+            f"this one ({cpu.describe()}) its sums saturate and the features would differ from "
+            f"those it made elsewhere. Use --precision fp32 here, or make the int8 features "
+            f"with {WEIGHTS_ENV}=portable on every machine (one model, faithful on every CPU)."
         )
 
 
@@ -127,7 +179,7 @@ def folder_calibration(directory: Path, image_size: int) -> CalibrationSet:
 
 
 def recipe(weights_sha256: str, image_size: int, calib: CalibrationSet,
-           seven_bit: bool) -> dict[str, Any]:
+           scheme: WeightScheme) -> dict[str, Any]:
     """Everything the model's bytes depend on."""
     import onnx
     import onnxruntime
@@ -139,10 +191,10 @@ def recipe(weights_sha256: str, image_size: int, calib: CalibrationSet,
         "taps": list(TAPS),
         "export": onnx_export.EXPORT_VERSION,
         "format": "QDQ",
-        "weights": "int8 per channel",
+        "weight_scheme": scheme.name,
+        "weights": scheme.describe(),  # per channel, symmetric; formats as in FORMATS
         "activations": "uint8",
-        "reduce_range": seven_bit,
-        "ranges": f"min/max, widened to {RANGE_BITS} significant bits",
+        "ranges": f"min/max, widened by {RANGE_MARGIN:g} then to {RANGE_BITS} significant bits",
         "calibration": calib.name,
         "calibration_images": int(calib.pixels.shape[0]),
         "calibration_sha256": calib.sha256,
@@ -159,14 +211,23 @@ def model_name(weights_sha256: str, image_size: int, key: str, sha256: str) -> s
     return f"vgg16-{weights_sha256}-{image_size}-int8-{key}-{sha256}.onnx"
 
 
-def widen(lo: float, hi: float, bits: int = RANGE_BITS) -> tuple[float, float]:
-    """[lo, hi] rounded outward to `bits` significant bits (exact binary arithmetic), and
-    stretched to include 0, as onnxruntime's asymmetric quantization does anyway."""
+def widen(lo: float, hi: float, bits: int = RANGE_BITS,
+          margin: float = RANGE_MARGIN) -> tuple[float, float]:
+    """[lo, hi] widened outward by a relative `margin`, then rounded outward to `bits`
+    significant bits (exact binary arithmetic), and stretched to include 0, as onnxruntime's
+    asymmetric quantization does anyway.
+
+    Why the margin: rounding up alone is discontinuous at every grid point, and the values a
+    calibration meets exactly (96.0 of an unsigned pixel, 0.5 of a ReLU) sit on grid points, so
+    a kernel whose last bit differs moves the range a whole step (96.0 stays 96.0, one float32
+    step above gives 97.0). With the margin the discontinuities move to v = g / (1 + margin)
+    for grid points g: values no exact computation lands on, and the last bits of a result
+    change the range only within 2**-24 of those."""
 
     def up(v: float) -> float:
         if v <= 0.0:
             return 0.0
-        m, e = math.frexp(v)  # v = m * 2**e, 0.5 <= m < 1
+        m, e = math.frexp(v * (1.0 + margin))  # v = m * 2**e, 0.5 <= m < 1
         return math.ldexp(math.ceil(m * (1 << bits)) / (1 << bits), e)
 
     return (-up(-lo) if lo < 0 else 0.0), (up(hi) if hi > 0 else 0.0)
@@ -245,8 +306,22 @@ def quantize(fp32_model: bytes, ranges: Mapping[str, tuple[float, float]],
         def get_next(self) -> dict[str, NDArray[np.float32]] | None:
             return next(self.items, None)
 
-    overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                 for name, (lo, hi) in ranges.items()}
+    overrides: dict[str, list[dict[str, Any]]] = {
+        name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+        for name, (lo, hi) in ranges.items()}
+    formats = dict(rec["weights"])
+    default = formats.pop("default")
+    excluded = []
+    for layer in CONV_LAYERS:
+        fmt = formats.get(layer, default)
+        if fmt == "fp32":
+            excluded.append(layer)
+        elif fmt == "s7":
+            overrides[f"{layer}_W"] = [{"reduce_range": True}]
+        elif fmt == "u8":
+            overrides[f"{layer}_W"] = [{"quant_type": QuantType.QUInt8}]
+        elif fmt != "s8":
+            raise ValueError(f"unknown weight format {fmt!r} for {layer}; choose {FORMATS}")
     with tempfile.TemporaryDirectory(prefix="featcache-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32_model)
@@ -254,7 +329,7 @@ def quantize(fp32_model: bytes, ranges: Mapping[str, tuple[float, float]],
             quantize_static(
                 str(src), str(dst), OneBatch(),
                 quant_format=QuantFormat.QDQ, per_channel=True,
-                reduce_range=bool(rec["reduce_range"]),
+                reduce_range=False, nodes_to_exclude=excluded,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"TensorQuantOverrides": overrides},
@@ -268,11 +343,11 @@ def quantize(fp32_model: bytes, ranges: Mapping[str, tuple[float, float]],
 
 
 def build(weights_path: Path, weights_sha256: str, image_size: int, calib: CalibrationSet,
-          seven_bit: bool, threads: int | None = None) -> bytes:
+          scheme: WeightScheme, threads: int | None = None) -> bytes:
     """The int8 model's bytes (seconds to a minute: one calibration pass, then quantization)."""
     from extractor.images import preprocess
 
-    rec = recipe(weights_sha256, image_size, calib, seven_bit)
+    rec = recipe(weights_sha256, image_size, calib, scheme)
     fp32, _ = onnx_export.load_or_export(weights_path, weights_sha256, TAPS, image_size)
     fp32_bytes = fp32.read_bytes() if isinstance(fp32, Path) else fp32
     ranges = calibration_ranges(fp32_bytes, calib, threads)
@@ -304,6 +379,7 @@ def find(weights_path: Path, sha256: str) -> Quantized | None:
 def prepare(
     weights_path: Path, weights_sha256: str, image_size: int, *, want_sha256: str | None = None,
     calib: CalibrationSet | None = None, threads: int | None = None,
+    cpu: CpuInfo | None = None,
 ) -> Quantized:
     """The int8 model for these weights and input size: found by hash, or built once and kept.
 
@@ -316,19 +392,18 @@ def prepare(
         if found is not None:
             return found
     calib = calib or default_calibration(image_size)
-    seven_bit = reduce_range()
-    key = recipe_key(recipe(weights_sha256, image_size, calib, seven_bit))
+    scheme = scheme_for(cpu)
+    key = recipe_key(recipe(weights_sha256, image_size, calib, scheme))
     pattern = model_name(weights_sha256, image_size, key, "*")
     model = next((q for p in store.find(weights_path, pattern) if (q := _verified(p))), None)
     if model is None:
         model = next((q for q in _IN_MEMORY.values() if q.origin == f"memory:{key}"), None)
     if model is None:
-        info = detect()
-        logger.warning("building the int8 model of the VGG16 conv base (%dx%d, %d-bit weights, "
+        logger.warning("building the int8 model of the VGG16 conv base (%dx%d, weights %s, "
                        "calibration: %s; once per weights, size and onnxruntime version: up to "
-                       "a minute) on %s", image_size, image_size, 7 if seven_bit else 8,
-                       calib.name, info.describe())
-        data = build(weights_path, weights_sha256, image_size, calib, seven_bit, threads)
+                       "a minute) on %s", image_size, image_size, scheme.name,
+                       calib.name, (cpu or detect()).describe())
+        data = build(weights_path, weights_sha256, image_size, calib, scheme, threads)
         sha = hashlib.sha256(data).hexdigest()
         path = store.keep(data, weights_path, model_name(weights_sha256, image_size, key, sha),
                           "int8 model")
@@ -349,6 +424,22 @@ def prepare(
             f"or make the features again here with --precision int8."
         )
     return model
+
+
+def scheme_of(weights_path: Path, sha256: str) -> str:
+    """The weight scheme of the int8 model with this SHA-256 ("s8", "portable"; "7-bit" or
+    "s8" for a model of recipe q1; "unknown" when the model is not kept here)."""
+    import onnx
+
+    found = find(weights_path, sha256)
+    if found is None:
+        return "unknown"
+    model = onnx.load_from_string(found.model.read_bytes() if isinstance(found.model, Path)
+                                  else found.model)
+    rec = model_recipe({p.key: p.value for p in model.metadata_props})
+    if "weight_scheme" in rec:
+        return str(rec["weight_scheme"])
+    return "7-bit" if rec.get("reduce_range") else "s8"
 
 
 def model_recipe(metadata: Mapping[str, str]) -> dict[str, Any]:

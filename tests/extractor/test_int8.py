@@ -45,37 +45,113 @@ def fp32_base(weights_path: Path) -> bb.ConvBase:
 
 
 def test_widen_rounds_outward_to_7_significant_bits() -> None:
-    assert int8.widen(0.0, 1.0) == (0.0, 1.0)
+    assert int8.widen(0.0, 1.0) == (0.0, 1.0 + 1 / 64)  # the margin lifts a grid point a step
     assert int8.widen(-123.68, 151.061) == (-124.0, 152.0)
     lo, hi = int8.widen(-0.3, 99.5)
     assert lo <= -0.3 and hi >= 99.5
-    assert hi / 99.5 - 1 < 1 / 64 and lo / -0.3 - 1 < 1 / 64
+    assert hi / 99.5 - 1 < 1 / 32 and lo / -0.3 - 1 < 1 / 32
     # Differences in the last bits of a kernel's result do not move the range.
     assert int8.widen(0.0, 99.5)[1] == int8.widen(0.0, 99.5 * (1 + 1e-6))[1]
     assert int8.widen(2.0, 5.0)[0] == 0.0  # ranges always hold 0
 
 
-def test_cpu_flags_choose_the_weight_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    info = parse_cpuinfo("processor\t: 0\nmodel name\t: AMD EPYC 7763\n"
-                         "flags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n")
-    assert info.model == "AMD EPYC 7763" and not info.vnni
-    assert "avx2" in info.describe()
-    assert parse_cpuinfo("flags : avx2 avx_vnni\n").vnni
-    assert parse_cpuinfo("flags : amx_tile amx_int8\n").vnni
+@pytest.mark.parametrize("value", [96.0, 0.5, 1.0, 127.0, 128.0, 151.061, 3.0 * 2.0 ** -20])
+def test_widen_is_immune_to_last_bit_differences_on_and_next_to_grid_points(
+    value: float,
+) -> None:
+    """The review's case: 96.0 is a grid point of 7 significant bits; one float32 step above
+    it used to widen to 97.0 while 96.0 stayed 96.0, so two CPUs could build two models."""
+    f32 = np.float32(value)
+    neighbours = [float(np.nextafter(f32, np.float32(np.inf))),
+                  float(np.nextafter(f32, np.float32(0))), float(f32), value]
+    assert len({int8.widen(0.0, v)[1] for v in neighbours}) == 1, \
+        [int8.widen(0.0, v)[1] for v in neighbours]
+    assert len({int8.widen(-v, 1.0)[0] for v in neighbours}) == 1
+    assert int8.widen(0.0, value)[1] >= value
 
+
+VNNI_CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core "
+                "Processor\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni avx512_bf16\n\n"
+                "processor\t: 1\n")
+AVX2_CPUINFO = ("processor\t: 0\nmodel name\t: AMD EPYC 7763 64-Core Processor\n"
+                "flags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n")
+#: A Graviton 3 (Neoverse V1) and a Raspberry Pi 4 (Cortex-A72), as their kernels print them.
+GRAVITON3_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes "
+                     "pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc "
+                     "dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs "
+                     "paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng\nCPU implementer\t: "
+                     "0x41\nCPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: 0xd40\n"
+                     "CPU revision\t: 1\n\nprocessor\t: 1\n")
+PI4_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+               "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd08\n\n"
+               "processor\t: 1\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n")
+
+
+def test_cpu_families_from_recorded_cpuinfo_texts() -> None:
+    vnni, avx2 = parse_cpuinfo(VNNI_CPUINFO), parse_cpuinfo(AVX2_CPUINFO)
+    assert (vnni.family, vnni.vnni) == ("x86-vnni", True)
+    assert (avx2.family, avx2.vnni, avx2.model) == ("x86-avx2", False, "AMD EPYC 7763 64-Core "
+                                                    "Processor")
+    assert "avx2" in avx2.describe() and "x86-avx2" in avx2.describe()
+    assert parse_cpuinfo("flags : avx2 avx_vnni\n").family == "x86-vnni"
+    assert parse_cpuinfo("flags : amx_tile amx_int8\n").family == "x86-vnni"
+    graviton = parse_cpuinfo(GRAVITON3_CPUINFO, "aarch64")
+    assert graviton.family == "arm64-dot" and {"asimddp", "i8mm"} <= graviton.flags
+    assert graviton.model == "ARM CPU part 0xd40" and graviton.arch == "aarch64"
+    pi = parse_cpuinfo(PI4_CPUINFO)  # no machine given: `Features` says ARM
+    assert (pi.family, pi.arch) == ("arm64", "aarch64")
+    # No /proc/cpuinfo (macOS, Windows, some containers): the architecture alone.
+    assert detect_at(Path("/nonexistent/cpuinfo")).flags == frozenset()
+    assert CpuInfo("Apple M2", frozenset(), "aarch64").family == "arm64"
+    assert CpuInfo("Intel Mac", frozenset(), "x86_64").family == "x86"
+    assert CpuInfo("?", frozenset()).family == "unknown"
+
+
+def detect_at(path: Path) -> CpuInfo:
+    from extractor.runtimes.cpu import detect
+
+    return detect(str(path))
+
+
+def test_the_cpu_family_chooses_the_weight_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(int8.WEIGHTS_ENV, raising=False)
     monkeypatch.delenv(int8.REDUCE_RANGE_ENV, raising=False)
-    assert int8.reduce_range(VNNI) is False
-    with pytest.raises(int8.Int8Error, match=r"needs a CPU with VNNI.*avx2.*--precision fp32"):
-        int8.reduce_range(AVX2)
+    assert int8.scheme_for(VNNI) is int8.S8
+    for cpu in (AVX2, parse_cpuinfo(GRAVITON3_CPUINFO), parse_cpuinfo(PI4_CPUINFO),
+                CpuInfo("?", frozenset())):
+        assert int8.scheme_for(cpu) is int8.PORTABLE, cpu
+    assert int8.S8.needs_vnni and not int8.PORTABLE.needs_vnni
+    assert int8.PORTABLE.format_of("block1_conv1") == "fp32"
+    assert all(int8.PORTABLE.format_of(layer) in ("s7", "u8", "fp32")
+               for layer in int8.CONV_LAYERS)
+    # One model for a team of mixed CPUs: portable on every machine, VNNI ones included.
+    monkeypatch.setenv(int8.WEIGHTS_ENV, "portable")
+    assert int8.scheme_for(VNNI) is int8.PORTABLE
+    monkeypatch.setenv(int8.WEIGHTS_ENV, "s8")
+    assert int8.scheme_for(VNNI) is int8.S8
+    with pytest.raises(int8.Int8Error, match=r"8-bit signed weights.*family x86-avx2.*portable"):
+        int8.scheme_for(AVX2)
+    monkeypatch.setenv(int8.WEIGHTS_ENV, "bogus")
+    with pytest.raises(int8.Int8Error, match="choose auto, s8, portable"):
+        int8.scheme_for(VNNI)
+    # The previous round's 7-bit switch now means the portable scheme.
+    monkeypatch.delenv(int8.WEIGHTS_ENV)
     monkeypatch.setenv(int8.REDUCE_RANGE_ENV, "1")
-    assert int8.reduce_range(AVX2) is True
-    assert int8.reduce_range(VNNI) is True  # one 7-bit model for a team of mixed CPUs
+    assert int8.scheme_for(VNNI) is int8.PORTABLE
 
 
 def test_8_bit_model_is_refused_on_a_cpu_without_vnni() -> None:
+    portable = {"weights": int8.PORTABLE.describe()}
+    s8 = {"weights": int8.S8.describe()}
+    int8.check_cpu(portable, AVX2)
+    int8.check_cpu(portable, VNNI)
+    int8.check_cpu(s8, VNNI)
+    for cpu in (AVX2, parse_cpuinfo(GRAVITON3_CPUINFO)):
+        with pytest.raises(int8.Int8Error, match=r"8-bit signed weights.*saturate"):
+            int8.check_cpu(s8, cpu)
+    # Models of the previous recipe (q1) say reduce_range instead.
     int8.check_cpu({"reduce_range": True}, AVX2)
-    int8.check_cpu({"reduce_range": False}, VNNI)
-    with pytest.raises(int8.Int8Error, match=r"8-bit weights.*saturate"):
+    with pytest.raises(int8.Int8Error):
         int8.check_cpu({"reduce_range": False}, AVX2)
 
 
