@@ -55,6 +55,19 @@ def test_the_page_needs_nothing_from_elsewhere() -> None:
         assert "@import" not in text and "fetch(\"/" not in text, name
 
 
+def test_the_page_is_package_data() -> None:
+    """`pip install .` (and so the Docker images) carries every file of the page."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((UI_FILES.parents[1] / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["service"]
+    files = sorted(p.name for p in UI_FILES.iterdir())
+    assert files == ["app.js", "index.html", "style.css"]
+    assert all(any(fnmatch.fnmatch(f"ui/{f}", pat) for pat in patterns) for f in files)
+    assert {name for name, _ in ui.ASSETS.values()} == set(files)
+
+
 def test_ui_false_turns_the_page_off(fake_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     with fake_app(ui=False) as client:
         assert client.get("/").status_code == 404
