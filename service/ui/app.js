@@ -100,7 +100,6 @@
     }
     const chosen = heads.find((h) => h.name === previous) || heads.find((h) => h.default) || heads[0];
     if (chosen) headSelect.value = chosen.name;
-    headSelect.disabled = heads.length < 2;
     describeHead(body.unserved || []);
   }
 

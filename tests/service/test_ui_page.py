@@ -332,3 +332,23 @@ def test_heatmap_out_of_distribution_and_abstention_are_shown_when_present(
         assert card.find_element(By.CLASS_NAME, "label").text == "Abstained"
         assert not card.find_elements(By.CLASS_NAME, "warning")
         assert len(_bars(card)) == 2
+
+        # The keyboard reaches the head picker and the file input, in that order.
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        driver.execute_script("document.activeElement.blur()")
+        reached = []
+        for _ in range(3):
+            ActionChains(driver).send_keys(Keys.TAB).perform()
+            reached.append(driver.execute_script("return document.activeElement.id"))
+        assert reached[:2] == ["head", "files"], reached
+
+        # A phone's width: one column, nothing to scroll sideways.
+        driver.set_window_size(390, 844)
+        try:
+            assert driver.execute_script(
+                "return document.documentElement.scrollWidth <= window.innerWidth")
+            driver.save_screenshot(str(tmp_path / "phone.png"))
+        finally:
+            driver.set_window_size(1000, 900)
