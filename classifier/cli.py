@@ -274,6 +274,11 @@ def build_evaluate_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--no-tta", dest="tta", action="store_false",
                    help="predict from each image alone, even when the head was trained on "
                    "augmented views and the cache holds them (default: average over them)")
+    p.add_argument("--report", type=Path, metavar="PATH.html|PATH.pdf",
+                   help="also write a report a person can open: the head and cache, accuracy "
+                   "with its 95%% interval, per-class precision/recall, confusion matrix, ROC, "
+                   "reliability and risk-coverage plots, and the most confident mistakes as "
+                   "thumbnails. .html: one self-contained file; .pdf: the same via matplotlib")
     console.add_common(p, quiet_help="errors only on stderr (the report still prints)")
     return p
 
@@ -288,11 +293,25 @@ def _evaluate(argv: list[str] | None, prog: str) -> int:
     args = parser.parse_args(argv)
     console.setup_logging("warning", quiet=args.quiet)
 
-    from classifier.evaluation import evaluate
+    from classifier.evaluation import evaluate_with_predictions
     from classifier.metrics import format_table
 
+    if args.report is not None:
+        from classifier.report import check_report_path
+
+        try:
+            check_report_path(args.report)
+        except ValueError as exc:
+            parser.error(str(exc))  # exit 2, before any work
     try:
-        result = evaluate(args.head, args.cache, tta=args.tta)
+        result, predictions = evaluate_with_predictions(args.head, args.cache, tta=args.tta)
+        if args.report is not None:
+            from classifier.artifact import read_metadata
+            from classifier.report import write_report
+
+            write_report(args.report, result, predictions, read_metadata(args.head))
+            if not args.quiet:
+                print(f"report: {args.report}", file=sys.stderr)
     except (ValueError, RuntimeError, OSError) as exc:
         return console.fail(prog, exc)
     if args.json:

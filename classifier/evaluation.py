@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from classifier.artifact import load_head
 from classifier.data import labelled_subset
@@ -19,6 +21,17 @@ from extractor import open_cache
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """What `evaluate`'s metrics are computed from, one entry per image (for reports)."""
+
+    proba: NDArray[np.float64]  # (images, classes): columns in the head's class order
+    y: NDArray[np.int64]  # (images,): the true class, a column of `proba`
+    paths: list[str]  # each image's path in the cache, relative to `source_dir`
+    source_dir: str | None  # the folder the cache was extracted from (its `source_dir` attr)
+    cache_attrs: dict[str, Any]  # the cache's root attributes
+
+
 def evaluate(
     head_dir: str | os.PathLike[str], cache_path: str | os.PathLike[str], tta: bool = True
 ) -> dict[str, Any]:
@@ -27,6 +40,13 @@ def evaluate(
     A head trained on augmented views averages its probabilities over each image's views in
     the cache (`classifier.views`); `tta=False` predicts from each image alone.
     """
+    return evaluate_with_predictions(head_dir, cache_path, tta)[0]
+
+
+def evaluate_with_predictions(
+    head_dir: str | os.PathLike[str], cache_path: str | os.PathLike[str], tta: bool = True
+) -> tuple[dict[str, Any], Predictions]:
+    """`evaluate`'s metrics, and the per-image probabilities they came from."""
     head = load_head(head_dir)
     subset, spec, names = labelled_subset(cache_path, "evaluation cache", with_views=True)
     head.spec.check_compatible(spec, what=f"cache {subset.path}", against=f"head {head.name}")
@@ -43,12 +63,19 @@ def evaluate(
             f"{', '.join(unknown)} (head classes: {', '.join(head.classes_)})"
         )
     with open_cache(subset.path) as cache:
-        cache_views = Views.from_attrs(cache.attrs)
+        cache_attrs = dict(cache.attrs)
+        cache_views = Views.from_attrs(cache_attrs)
+        all_paths = cache.paths
     averaged = use_views(head.views, cache_views, tta, f"cache {subset.path}")
     proba, first = predict_images(head.predict_proba, subset, head.feature_names, averaged)
     column = {name: i for i, name in enumerate(head.classes_)}
     y = np.array([column[names[c]] for c in subset.labels[first]], dtype=np.int64)
     out = classification_metrics(y, proba, head.classes_)
     views_used = int(np.max(subset.views)) + 1 if averaged and len(subset) else 1
-    return {"head": str(Path(head_dir)), "cache": str(subset.path), "classes": head.classes_,
-            "images": len(first), "views_averaged": views_used, **out}
+    metrics = {"head": str(Path(head_dir)), "cache": str(subset.path), "classes": head.classes_,
+               "images": len(first), "views_averaged": views_used, **out}
+    source_dir = cache_attrs.get("source_dir")
+    predictions = Predictions(
+        proba=proba, y=y, paths=[all_paths[i] for i in subset.indices[first]],
+        source_dir=str(source_dir) if source_dir else None, cache_attrs=cache_attrs)
+    return metrics, predictions

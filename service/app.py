@@ -39,7 +39,7 @@ from service.api.middleware import (
     MetricsMiddleware,
     V2ErrorMiddleware,
 )
-from service.api.routes import admin, heads, health, metrics, predict, v2
+from service.api.routes import admin, heads, health, metrics, predict, ui, v2
 from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
@@ -276,6 +276,8 @@ def create_app(
     # Before the body limit: a client without the key learns nothing, not even the limits.
     open_paths = {"/health", "/ready", "/v2/health/live", "/v2/health/ready", app.docs_url,
                   app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}
+    if settings.ui:
+        open_paths |= ui.PATHS  # the page asks for the key itself
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
                        open_paths={p for p in open_paths if p})
     # Outside the key check and the body limit, inside the metrics: their 401s and 413s under
@@ -288,6 +290,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(v2.health_router)
     app.include_router(v2.router)
+    if settings.ui:
+        app.include_router(ui.router)
     return app
 
 

@@ -74,6 +74,9 @@ def build_parser(prog: str = "serve") -> argparse.ArgumentParser:
                    "image; FEATCACHE_TTA)")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                    help="skip the warm-up forward pass before reporting ready")
+    p.add_argument("--no-ui", dest="ui", action="store_const", const=False,
+                   help="no try-it page at / (default: served, open without the API key; "
+                   "FEATCACHE_UI=false)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log records at this level and above (default: info; FEATCACHE_LOG_LEVEL)")
     console.add_common(p, quiet_help="errors only in the log (--log-level error)")

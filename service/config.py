@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     #: upload (K+1 forward passes per new image); False predicts from the upload alone.
     tta: bool = True
     log_level: str = "info"
+    #: The try-it page at / (service/ui/): pick images, see labels and probabilities.
+    #: False (FEATCACHE_UI=false) leaves / and its assets out.
+    ui: bool = True
 
     @field_validator("heads", mode="before")
     @classmethod

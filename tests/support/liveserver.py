@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -52,3 +54,34 @@ async def live_server(app: Any, ready_path: str = "/ready", timeout_s: float = 6
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.contextmanager
+def live_server_thread(app: Any, ready_path: str = "/ready", timeout_s: float = 120.0
+                       ) -> Iterator[str]:
+    """`live_server` on a thread of its own, for blocking clients (a browser driver): yields
+    the base URL once `ready_path` answers 200, stops the server when the block ends."""
+    started: queue.Queue[str | BaseException] = queue.Queue()
+    stop = threading.Event()
+
+    async def main() -> None:
+        try:
+            async with live_server(app, ready_path, timeout_s) as url:
+                started.put(url)
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+        except BaseException as exc:
+            started.put(exc)
+            raise
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="live-server",
+                              daemon=True)
+    thread.start()
+    try:
+        url = started.get(timeout=timeout_s + 30)
+        if isinstance(url, BaseException):
+            raise RuntimeError("the live server did not start") from url
+        yield url
+    finally:
+        stop.set()
+        thread.join(timeout=60)
