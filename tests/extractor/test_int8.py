@@ -194,6 +194,47 @@ def test_int8_features_are_faithful_to_fp32_on_real_images(
                                atol=1e-5)
 
 
+def _weight_formats(model: bytes) -> dict[str, str]:
+    """Each conv layer's weight format, read from a QDQ model's initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in onnx.load_from_string(model).graph.initializer}
+    formats = {}
+    for layer in int8.CONV_LAYERS:
+        q = inits.get(f"{layer}_W_quantized")
+        if q is None:
+            assert inits[f"{layer}_W"].data_type == onnx.TensorProto.FLOAT
+            formats[layer] = "fp32"
+            continue
+        values = numpy_helper.to_array(q).astype(np.int32)
+        if q.data_type == onnx.TensorProto.UINT8:
+            formats[layer] = "u8"
+        else:
+            assert q.data_type == onnx.TensorProto.INT8
+            formats[layer] = "s7" if values.min() >= -64 and values.max() <= 64 else "s8"
+    return formats
+
+
+@pytest.mark.slow
+def test_each_weight_scheme_quantizes_each_layer_as_it_says(
+    int8_base: bb.ConvBase, small_image_dir: Path,
+) -> None:
+    """The model this CPU uses, and the other family's (built here with a small calibration
+    set: it is inspected, not run), have the weight formats their scheme names."""
+    mine = int8.find(int8_base.weights_path, int8_base.spec.quantized_sha256)
+    assert mine is not None and isinstance(mine.model, Path)
+    here = int8.scheme_for()
+    assert _weight_formats(mine.model.read_bytes()) == {
+        layer: here.format_of(layer) for layer in int8.CONV_LAYERS}
+    other = int8.PORTABLE if here is int8.S8 else int8.S8
+    calib = int8.CalibrationSet("test", calibration.from_folder(small_image_dir, 150)[:4])
+    model = int8.build(int8_base.weights_path, int8_base.spec.weights_sha256, 150, calib, other)
+    assert _weight_formats(model) == {layer: other.format_of(layer)
+                                      for layer in int8.CONV_LAYERS}
+    assert "s8" not in _weight_formats(model).values() or other is int8.S8
+
+
 @pytest.mark.slow
 def test_the_int8_model_is_made_deterministically(
     int8_base: bb.ConvBase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
