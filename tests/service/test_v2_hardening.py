@@ -113,7 +113,9 @@ def test_parsing_runs_off_the_event_loop(fake_app, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(v2, "parse_infer_request", slow_parse)
     with fake_app() as client, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(client.post, URL, json=json_request([IMAGE]))
+        # Larger than the bodies parsed inline (one image and its header).
+        body = json.dumps(json_request([IMAGE], id="x" * (1 << 20))).encode()
+        pending = pool.submit(client.post, URL, content=body)
         assert parsing.wait(30), "the request was never parsed"
         health = client.get("/health")
         health_answered.set()
