@@ -107,8 +107,8 @@ def _raw_exchange(url: str, head: bytes, first: bytes, trickle_s: float | None,
     return "no answer"
 
 
-def _send(c: Any, url: str, model: str, kind: str, abuse: Abuse, good: bytes | None
-          ) -> str:
+def _send(c: Any, url: str, model: str, kind: str, abuse: Abuse, good: bytes | None,
+          stop_at: float) -> str:
     infer = f"/v2/models/{model}/infer"
     if kind == "good":
         assert good is not None
@@ -144,7 +144,9 @@ def _send(c: Any, url: str, model: str, kind: str, abuse: Abuse, good: bytes | N
     if kind == "slow-sender":
         head = (f"POST {infer} HTTP/1.1\r\nHost: {host}\r\n{extra}"
                 f"Content-Length: {len(abuse.good_body) + 10_000}\r\n\r\n").encode()
-        return _raw_exchange(url, head, abuse.good_body[:100], 1.0, 300)
+        # Until the server cuts it off, or the phase ends (a server without a body timeout).
+        return _raw_exchange(url, head, abuse.good_body[:100], 1.0,
+                             max(1.0, stop_at - time.monotonic() + 2))
     raise ValueError(kind)
 
 
@@ -168,7 +170,7 @@ def run_phase(url: str, model: str, phase: str, outcomes: Outcomes, *, good_clie
                         image = images.next()
                 t = time.perf_counter()
                 try:
-                    status = _send(c, url, model, kind, abuse, image)
+                    status = _send(c, url, model, kind, abuse, image, stop_at)
                 except httpx.TransportError as exc:
                     status = type(exc).__name__
                 outcomes.add(phase, kind, status, time.perf_counter() - t)

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from imagegen import encode, gradient
 from liveserver import live_server
 from PIL import Image
+from pydantic import ValidationError
 
 from service import v2_protocol as v2
 from service.app import create_app
+from service.config import MIB, Settings
 
 IMAGE = encode(Image.fromarray(gradient(64, 64, seed=3)))
 URL_PATH = "/v2/models/elpv-logreg/infer"
@@ -134,3 +137,12 @@ def test_slow_senders_are_cut_off(head_dir: Path, settings_for: Any, make_fake: 
             assert r.status_code == 200, r.text  # the budget is whole again
 
     asyncio.run(scenario())
+
+
+def test_the_largest_batch_must_fit_in_flight() -> None:
+
+    with pytest.raises(ValidationError, match="max_body_bytes_in_flight"):
+        Settings(_env_file=None, max_batch_request_bytes=200 * MIB)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, max_batch_request_bytes=200 * MIB,  # type: ignore[call-arg]
+                        max_body_bytes_in_flight=400 * MIB)
+    assert settings.max_body_bytes_in_flight == 400 * MIB
