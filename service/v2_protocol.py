@@ -130,7 +130,8 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
 
     Counts and sizes are checked from the shape and each element's length before anything is
     copied: a body of millions of empty elements is refused at the first one past the shape.
-    It still costs CPU in proportion to the JSON: the route runs it off the event loop.
+    It still costs CPU in proportion to the body: the route parses large ones off the event
+    loop.
     """
     json_part, binary = _split(body, header_length)
     try:
