@@ -5,6 +5,11 @@ the server's peak RSS, and the recovery time (kill -> /ready 200 again).
 Everything stays on 127.0.0.1 (a --url elsewhere is refused) and is bounded: --seconds of load
 (at most an hour), --max-requests in all, --clients threads.
 
+With --v2, the load is the Open Inference Protocol's infer route instead, and there is no
+kill: good requests alone, then beside abusive ones (repeated outputs, oversized and malformed
+bodies, slow senders; benchmarks/_soak_v2.py lists them). It prints the good requests' p99 in
+both phases, the number of 500s and the server's peak RSS.
+
 Modes:
   local (default)  starts `serve --head DIR` on a free port (trains a small head first when
                    --head is not given); after the kill, plays the supervisor: starts it again
@@ -19,6 +24,8 @@ Modes:
 
     .venv/bin/python benchmarks/soak.py [--head DIR] [--clients 16] [--seconds 60]
     .venv/bin/python benchmarks/soak.py --compose [--url http://127.0.0.1:8000]
+    .venv/bin/python benchmarks/soak.py --v2 [--good-clients 2] [--abuse-clients 4]
+        [--unloaded-seconds 30] [--seconds 60]
 """
 
 from __future__ import annotations
@@ -429,6 +436,20 @@ def _local_server(args: argparse.Namespace, tmp: Path) -> Iterator[LocalServer]:
         server.stop()
 
 
+def _v2(server: Any, args: argparse.Namespace, headers: dict[str, str]) -> None:
+    import httpx
+    from _soak_v2 import report_v2, soak_v2
+
+    model = args.model or httpx.get(f"{server.url}/ready", timeout=10).json()["heads"][0]
+
+    def peak_mib() -> float | None:
+        pid = server.pid()
+        kb = _status_kb(pid, "VmHWM") if pid else None
+        return round(kb / 1024, 1) if kb else None
+
+    report_v2(soak_v2(server, model, args, headers, peak_mib))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--head", type=Path, help="head to serve (local mode; default: train one)")
@@ -451,12 +472,33 @@ def main() -> int:
                     help="the server's limit, to size the huge uploads around it")
     ap.add_argument("--max-upload-bytes", type=int, default=10 * 2**20,
                     help="the server's limit, to size the oversize uploads over it")
+    ap.add_argument("--max-batch-request-bytes", type=int, default=64 * 2**20,
+                    help="the server's limit, to size the oversize /v2 requests over it")
     ap.add_argument("--seed", type=int, default=0)
+    v2 = ap.add_argument_group("--v2: the Open Inference Protocol, good beside abusive requests")
+    v2.add_argument("--v2", action="store_true", help="load /v2 infer (no kill); --seconds is "
+                    "the loaded phase")
+    v2.add_argument("--good-clients", type=int, default=2)
+    v2.add_argument("--abuse-clients", type=int, default=4)
+    v2.add_argument("--unloaded-seconds", type=float, default=30,
+                    help="good clients alone first, for the unloaded p99")
+    v2.add_argument("--body-timeout-s", type=float, default=10,
+                    help="local mode: the server's FEATCACHE_BODY_TIMEOUT_S (slow senders are "
+                    "cut off after it)")
+    v2.add_argument("--model", help="the /v2 model (default: the first head /ready names)")
     args = ap.parse_args()
     if not 0 < args.seconds <= MAX_SECONDS:
         ap.error(f"--seconds must be in (0, {MAX_SECONDS:.0f}]")
     if not 1 <= args.clients <= 256:
         ap.error("--clients must be 1..256")
+    if args.v2:
+        if args.compose:
+            ap.error("--v2 takes a local server or --url, not --compose")
+        if not (1 <= args.good_clients <= 64 and 0 <= args.abuse_clients <= 64):
+            ap.error("--good-clients must be 1..64 and --abuse-clients 0..64")
+        if not 0 < args.unloaded_seconds <= MAX_SECONDS:
+            ap.error(f"--unloaded-seconds must be in (0, {MAX_SECONDS:.0f}]")
+        args.no_kill = True
     args.kill_at = None if args.no_kill else (
         args.seconds / 2 if args.kill_at is None else args.kill_at)
     if args.kill_at is not None and not 0 <= args.kill_at < args.seconds:
@@ -478,11 +520,19 @@ def main() -> int:
             args.kill_at = None
         server = ExternalServer(_loopback(args.url), args.pid)
         wait_ready(server.url, args.recovery_timeout)
-        report(soak(server, args, headers))
+        if args.v2:
+            _v2(server, args, headers)
+        else:
+            report(soak(server, args, headers))
         return 0
+    if args.v2:  # the server cuts slow senders off soon enough to see it in a short run
+        os.environ["FEATCACHE_BODY_TIMEOUT_S"] = str(args.body_timeout_s)
     with tempfile.TemporaryDirectory(prefix="featcache-soak-") as tmp, \
             _local_server(args, Path(tmp)) as local:
-        report(soak(local, args, headers))
+        if args.v2:
+            _v2(local, args, headers)
+        else:
+            report(soak(local, args, headers))
     return 0
 
 

@@ -33,6 +33,7 @@ from extractor.weights import WeightsError
 from service.api.errors import install_error_handlers
 from service.api.middleware import (
     ApiKeyMiddleware,
+    BodyBudget,
     BodyLimitMiddleware,
     CatchAllMiddleware,
     DisconnectMiddleware,
@@ -272,7 +273,8 @@ def create_app(
         "/predict/batch": settings.max_batch_request_bytes,
     }, patterns=[
         (r"/v2/models/[^/]+(/versions/[^/]+)?/infer", settings.max_batch_request_bytes),
-    ])
+    ], budget=BodyBudget(settings.max_body_bytes_in_flight),
+        body_timeout_s=settings.body_timeout_s)
     # Before the body limit: a client without the key learns nothing, not even the limits.
     open_paths = {"/health", "/ready", "/v2/health/live", "/v2/health/ready", app.docs_url,
                   app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url}

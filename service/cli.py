@@ -14,13 +14,15 @@ Every option can also be set in the environment or a .env file as FEATCACHE_<NAM
 (FEATCACHE_HEADS=heads/a,heads/b, FEATCACHE_PORT, FEATCACHE_API_KEY, FEATCACHE_PRECISION,
 FEATCACHE_MAX_BATCH_SIZE, FEATCACHE_MAX_WAIT_MS, FEATCACHE_FEATURE_CACHE_BYTES,
 FEATCACHE_MAX_UPLOAD_BYTES, FEATCACHE_MAX_IMAGE_PIXELS, FEATCACHE_DECODE_CONCURRENCY,
-FEATCACHE_MAX_QUEUE, FEATCACHE_REQUEST_TIMEOUT_S, FEATCACHE_TTA, ...); options given here win.
+FEATCACHE_MAX_QUEUE, FEATCACHE_REQUEST_TIMEOUT_S, FEATCACHE_MAX_BODY_BYTES_IN_FLIGHT,
+FEATCACHE_BODY_TIMEOUT_S, FEATCACHE_TTA, ...); options given here win.
 The API key is read from the environment (or FEATCACHE_API_KEY_FILE) only, never from the
 command line, where other users could see it.
 
 Endpoints: POST /predict, POST /predict/batch, GET /heads, POST /admin/reload, GET /metrics,
 GET /health, GET /ready, the Open Inference Protocol (KServe V2, as Triton's clients speak it)
-under /v2, and the OpenAPI docs at /docs.
+under /v2, and the OpenAPI docs at /docs. With no API key set, POST /admin/reload answers only
+clients on loopback.
 
 Heads folder: --heads-dir DIR serves every DIR/NAME/VERSION/ (or DIR/NAME/) head folder and
 picks up new, replaced and removed ones while serving: it is rescanned every --heads-poll-s

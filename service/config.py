@@ -84,8 +84,19 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(default=2, ge=1, le=64)
     #: Most files in one /predict/batch request.
     max_batch_files: int = Field(default=32, ge=1)
-    #: Largest /predict/batch request body, in bytes.
+    #: Largest /predict/batch request body, in bytes (and /v2 infer's, once decompressed).
     max_batch_request_bytes: int = Field(default=64 * MIB, ge=1)
+    #: Bytes of request bodies held at once, server-wide, on the upload routes (/predict,
+    #: /predict/batch, /v2 infer): bodies being received, then held until their request ends,
+    #: and what a compressed /v2 body inflates to. A request that would pass it is 503
+    #: overloaded with Retry-After: before its body is read when its Content-Length says so,
+    #: else as soon as its body does. 128 MiB: two of the largest batch requests at once; a
+    #: /v2 request holds up to ~2x its body while parsed (service/api/routes/v2.py).
+    max_body_bytes_in_flight: int = Field(default=128 * MIB, ge=1)
+    #: Longest a client may take to send a request body on the upload routes, in seconds,
+    #: from its headers to its last byte; then 408 and the connection is closed. A slow
+    #: sender holds its share of max_body_bytes_in_flight while it sends.
+    body_timeout_s: float = Field(default=60.0, gt=0)
 
     #: Run a forward pass before reporting ready, so the first request is not the slow one.
     warmup: bool = True
@@ -108,6 +119,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _one_batch_fits_in_flight(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_batch_request_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least "
+                f"max_batch_request_bytes ({self.max_batch_request_bytes}), or the largest "
+                "batch request would always be refused")
+        return self
 
     @model_validator(mode="after")
     def _read_api_key_file(self) -> Settings:

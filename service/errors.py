@@ -8,6 +8,7 @@
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
+    ├── ForbiddenError (403 forbidden): an admin route, no API key set, a client not on loopback
     ├── UnknownHeadError (404 unknown_head)
     │   └── UnknownVersionError (404 unknown_version): the head is served, not that version
     ├── ReloadUnavailableError (409 no_heads_dir): /admin/reload with no --heads-dir to rescan
@@ -66,6 +67,11 @@ class TooManyFilesError(ServiceError):
 class UnauthorizedError(ServiceError):
     status = HTTPStatus.UNAUTHORIZED
     code = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    status = HTTPStatus.FORBIDDEN
+    code = "forbidden"
 
 
 class HeadRequiredError(InvalidRequestError):

@@ -27,7 +27,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 #: Parameters that ask for shared memory, which an HTTP server on another machine cannot read.
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+#: Bytes inflated at a time from a compressed body, each counted before the next is made.
+_INFLATE_PIECE = 1 << 20
 
 
 class ProtocolError(InvalidRequestError):
@@ -87,33 +89,58 @@ def model_metadata(name: str, versions: Sequence[str], platform: str,
     }
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The request body without its Content-Encoding (gzip or deflate), at most `limit` bytes."""
+def decompress(body: bytes, encoding: str | None, limit: int,
+               reserve: Callable[[int], None] = lambda n: None) -> bytes:
+    """The request body without its Content-Encoding (gzip or deflate), at most `limit` bytes.
+
+    Inflated in pieces, each passed to `reserve` before the next is made: the caller counts
+    them against the memory its requests may hold (a small gzip body can inflate to `limit`).
+    """
     if encoding is None or encoding.strip().lower() in ("", "identity"):
         return body
     wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
     if wbits is None:
-        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}; send gzip, deflate or "
-                            "none")
+        raise ProtocolError(f"unsupported Content-Encoding {encoding[:40]!r}; send gzip, deflate "
+                            "or none")
     inflater = zlib.decompressobj(wbits)
+    pieces: list[bytes] = []
+    size = 0
+    pending = body
     try:
-        out = inflater.decompress(body, limit + 1)
+        while True:
+            piece = inflater.decompress(pending, _INFLATE_PIECE)
+            pending = inflater.unconsumed_tail
+            size += len(piece)
+            if size > limit:
+                raise UploadTooLargeError(f"request body too large once decompressed: the limit "
+                                          f"is {limit} bytes")
+            reserve(len(piece))
+            pieces.append(piece)
+            # A full piece may leave output inside zlib even when all input is taken.
+            if inflater.eof or (not pending and len(piece) < _INFLATE_PIECE):
+                break
     except zlib.error:
         raise ProtocolError(f"the body is not valid {encoding} data") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise UploadTooLargeError(f"request body too large once decompressed: the limit is "
-                                  f"{limit} bytes")
-    return out
+    return b"".join(pieces)
 
 
 def parse_infer_request(body: bytes, header_length: str | None, *, max_images: int,
                         max_image_bytes: int) -> InferRequest:
-    """Check and unpack an inference request; every problem is a ProtocolError naming it."""
+    """Check and unpack an inference request; every problem is a ProtocolError naming it.
+
+    Counts and sizes are checked from the shape and each element's length before anything is
+    copied: a body of millions of empty elements is refused at the first one past the shape.
+    It still costs CPU in proportion to the body: the route parses large ones off the event
+    loop.
+    """
     json_part, binary = _split(body, header_length)
     try:
         request = json.loads(json_part)
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError("the inference request is not valid JSON") from None
+    except RecursionError:  # the C decoder recurses once per nested array or object
+        raise ProtocolError("the inference request nests JSON arrays or objects too deeply") \
+            from None
     if not isinstance(request, dict):
         raise ProtocolError("the inference request must be a JSON object")
     request_id = request.get("id")
@@ -137,17 +164,19 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_images: i
                                                                binary_default))
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header (a copy: small) and a view of the binary data after it (no copy)."""
+    view = memoryview(body)
     if header_length is None:
-        return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+        return body, view[len(body):]
+    # int() also takes "1_0", "+10", " 10 " and non-ASCII digits: plain ASCII digits only.
+    digits = header_length.isascii() and header_length.isdigit()
+    n = int(header_length) if digits and len(header_length) <= 20 else -1
     if not 0 <= n <= len(body):
-        raise ProtocolError(f"{HEADER_LENGTH} must be the length of the JSON header, between 0 "
-                            f"and the body's {len(body)} bytes; got {header_length!r}")
-    return body[:n], body[n:]
+        raise ProtocolError(f"{HEADER_LENGTH} must be the length of the JSON header in plain "
+                            f"digits, between 0 and the body's {len(body)} bytes; got "
+                            f"{header_length[:40]!r}")
+    return bytes(view[:n]), view[n:]
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -158,7 +187,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _read_input(tensor: dict[str, Any], binary: bytes, *, max_images: int,
+def _read_input(tensor: dict[str, Any], binary: memoryview, *, max_images: int,
                 max_image_bytes: int) -> list[bytes]:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if datatype != "BYTES":
@@ -184,22 +213,26 @@ def _read_input(tensor: dict[str, Any], binary: bytes, *, max_images: int,
         if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
             raise ProtocolError(f"{INPUT}'s binary_data_size ({size!r}) must be the length of the "
                                 f"binary data after the JSON header ({len(binary)} bytes)")
-        images = deserialize_bytes(binary)
+        images = deserialize_bytes(binary, max_count=count, max_element_bytes=max_image_bytes)
     else:
         if binary:
             raise ProtocolError(f"{len(binary)} bytes follow the JSON header but no input has "
                                 "binary_data_size")
-        images = _base64_elements(tensor.get("data"))
+        images = _base64_elements(tensor.get("data"), count, max_image_bytes)
     if len(images) != count:
         raise ProtocolError(f"{INPUT} has shape {shape} but holds {len(images)} elements")
-    for i, image in enumerate(images):
-        if len(image) > max_image_bytes:
-            raise UploadTooLargeError(f"{INPUT}[{i}] is too large: {len(image)} bytes, the limit "
-                                      f"is {max_image_bytes}")
     return images
 
 
-def _base64_elements(data: Any) -> list[bytes]:
+def _too_many(count: int) -> ProtocolError:
+    return ProtocolError(f"{INPUT} holds more elements than its shape's {count}")
+
+
+def _too_large(i: int, size: int, limit: int) -> UploadTooLargeError:
+    return UploadTooLargeError(f"{INPUT}[{i}] is too large: {size} bytes, the limit is {limit}")
+
+
+def _base64_elements(data: Any, count: int, max_image_bytes: int) -> list[bytes]:
     if not isinstance(data, list):
         raise ProtocolError(f"{INPUT} needs 'data' (a list of base64 strings) or binary data "
                             "(binary_data_size)")
@@ -209,18 +242,27 @@ def _base64_elements(data: Any) -> list[bytes]:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(reversed(item))
+        elif len(flat) == count:
+            raise _too_many(count)
         else:
             flat.append(item)
+    # Base64 carries 3 bytes in 4 characters (padded): longer text decodes to too many bytes.
+    max_chars = 4 * -(-max_image_bytes // 3)
     out = []
     for i, element in enumerate(flat):
         if not isinstance(element, str):
             raise ProtocolError(f"{INPUT}[{i}] must be a base64 string; got "
                                 f"{type(element).__name__}")
+        if len(element) > max_chars:
+            raise _too_large(i, len(element) // 4 * 3, max_image_bytes)
         try:
-            out.append(base64.b64decode(element, validate=True))
+            decoded = base64.b64decode(element, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError(f"{INPUT}[{i}] is not valid base64 (JSON carries BYTES elements "
                                 "as base64; or send binary data)") from None
+        if len(decoded) > max_image_bytes:
+            raise _too_large(i, len(decoded), max_image_bytes)
+        out.append(decoded)
     return out
 
 
@@ -229,12 +271,14 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
         return [RequestedOutput(name, binary_default) for name in OUTPUTS]
     if not isinstance(outputs, list):
         raise ProtocolError("'outputs' must be a list")
-    out = []
+    out: list[RequestedOutput] = []
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
         if name not in OUTPUTS:
             raise ProtocolError(f"unknown output {name!r}; this model has outputs "
                                 f"{', '.join(OUTPUTS)}")
+        if any(o.name == name for o in out):  # each copy would be built and sent again
+            raise ProtocolError(f"output {name!r} is requested more than once")
         parameters = _object(item.get("parameters"), f"{name}.parameters")
         if any(k in parameters for k in _SHARED_MEMORY):
             raise ProtocolError("shared memory is not supported: outputs come in the body")
@@ -255,18 +299,26 @@ def serialize_bytes(elements: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
-def deserialize_bytes(data: bytes) -> list[bytes]:
-    out = []
+def deserialize_bytes(data: bytes | memoryview, max_count: int | None = None,
+                      max_element_bytes: int | None = None) -> list[bytes]:
+    """The elements of BYTES tensor data. Each length is checked before its bytes are copied,
+    and reading stops at the first element past `max_count` (ProtocolError) or over
+    `max_element_bytes` (UploadTooLargeError)."""
+    out: list[bytes] = []
     offset = 0
     while offset < len(data):
+        if max_count is not None and len(out) == max_count:
+            raise _too_many(max_count)
         if offset + 4 > len(data):
             raise ProtocolError("the binary BYTES data ends inside an element's 4-byte length")
         (n,) = struct.unpack_from("<I", data, offset)
         offset += 4
+        if max_element_bytes is not None and n > max_element_bytes:
+            raise _too_large(len(out), n, max_element_bytes)
         if offset + n > len(data):
             raise ProtocolError(f"a binary BYTES element claims {n} bytes but only "
                                 f"{len(data) - offset} remain")
-        out.append(data[offset:offset + n])
+        out.append(bytes(data[offset:offset + n]))
         offset += n
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from pydantic import SecretStr
 
 from service.app_state import AppState
 from service.config import Settings
-from service.errors import NotReadyError, UnauthorizedError, UnknownVersionError
+from service.errors import ForbiddenError, NotReadyError, UnauthorizedError, UnknownVersionError
 from service.head_store import HeadStore
 from service.heads import ServedHead
 from service.predictor import Predictor
@@ -71,8 +72,9 @@ def resolve_head(store: HeadStore, name: str | None, version: str | int | None) 
     """The head a request names, from the snapshot current now: the request keeps this object
     to its end, whatever a reload swaps in meanwhile."""
     if isinstance(version, str):
-        if not (version.isascii() and version.isdigit()):
-            raise UnknownVersionError(f"version {version!r} is not a version number")
+        # Bounded: int() refuses more than 4,300 digits with a ValueError (a 500 here).
+        if not (version.isascii() and version.isdigit() and len(version) <= 18):
+            raise UnknownVersionError(f"version {version[:40]!r} is not a version number")
         version = int(version)
     return store.current().get(name, version)
 
@@ -119,3 +121,37 @@ def require_api_key(
 
 
 ApiKey = Depends(require_api_key)
+
+
+def require_admin(request: Request, settings: SettingsDep) -> None:
+    """Admin routes (POST /admin/reload): with an API key set, the key (checked already);
+    without one, only clients on loopback.
+
+    Loopback rather than a second, admin-only key: with no key set, the operator has chosen an
+    open server, and compose's default publishes it; an open reload would let any client that
+    reaches the port make the server reread the heads folder at will. On loopback only, whoever
+    can reload can already send SIGHUP or run `serve` themselves. uvicorn takes the client's
+    address from X-Forwarded-For only when a proxy on loopback sends it (its default
+    --forwarded-allow-ips), so a proxy on the same machine does not make everyone loopback.
+    """
+    if settings.api_key is not None:
+        return
+    host = request.client.host if request.client is not None else ""
+    if not _is_loopback(host):
+        raise ForbiddenError(
+            "admin routes answer only to clients on loopback (127.0.0.1, ::1) when no API key "
+            "is set: run it on the server's machine, send serve SIGHUP, or set "
+            "FEATCACHE_API_KEY")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # not an address: a Unix socket's peer, a test client's name
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+AdminAccess = Depends(require_admin)

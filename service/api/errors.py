@@ -20,6 +20,8 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "upload_too_large",
     401: "unauthorized",
+    408: "body_timeout",
+    503: "overloaded",
 }
 
 

@@ -1,6 +1,6 @@
 """Pure ASGI middleware: request metrics, dropping the work of clients that went away, the API
-key (checked before the body is read), the request body limit, the last-resort 500, and the Open
-Inference Protocol's error body under /v2."""
+key (checked before the body is read), the request body limits (size, bytes in flight, time to
+send), the last-resort 500, and the Open Inference Protocol's error body under /v2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import contextlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
+from http import HTTPStatus
 
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import check_api_key
 from service.api.errors import error_response
-from service.errors import UnauthorizedError, UploadTooLargeError
+from service.errors import OverloadedError, UnauthorizedError, UploadTooLargeError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -160,19 +162,84 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over a per-path limit before they are read.
+class BodyBudget:
+    """Bytes of request bodies held at once, server-wide (`max_body_bytes_in_flight`).
 
-    A declared Content-Length over the limit is answered 413 at once; a body sent without one
-    (chunked) is counted as it streams and cut off the moment it passes the limit.
+    The image queue counts work only once a body is read and parsed; this counts the bodies
+    themselves, from their first byte. Thread-safe: /v2 parses (and inflates) off the loop.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.held + n > self.limit:
+                return False
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+
+
+class BodyReservation:
+    """One request's share of the `BodyBudget`, given back when the request ends. The /v2
+    route finds it in the scope (`for_scope`) to count what a compressed body inflates to."""
+
+    SCOPE_KEY = "featcache.body_reservation"
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    @classmethod
+    def for_scope(cls, scope: Scope) -> BodyReservation | None:
+        reservation = scope.get(cls.SCOPE_KEY)
+        return reservation if isinstance(reservation, cls) else None
+
+    def take(self, n: int) -> None:
+        """Hold `n` more bytes, or raise 503 overloaded (as an HTTPException: see _Refused)."""
+        if not self.budget.take(n):
+            raise _Refused(HTTPStatus.SERVICE_UNAVAILABLE, _busy(self.budget).message,
+                           {"Retry-After": str(OverloadedError.retry_after_s)})
+        self.held += n
+
+    def release(self) -> None:
+        self.budget.give(self.held)
+        self.held = 0
+
+
+def _busy(budget: BodyBudget) -> OverloadedError:
+    return OverloadedError(f"too many request bytes in flight (the limit is {budget.limit}, "
+                           "FEATCACHE_MAX_BODY_BYTES_IN_FLIGHT); retry shortly")
+
+
+class BodyLimitMiddleware:
+    """Bound request bodies on the upload paths: each one's size, all of them together, and
+    the time a client takes to send one.
+
+    - Size: a declared Content-Length over the path's limit is answered 413 at once; a body
+      sent without one (chunked) is counted as it streams and cut off the moment it passes.
+    - Together (`budget`): a declared Content-Length is reserved before the body is read
+      (503 overloaded with Retry-After when it does not fit); a chunked body is reserved
+      chunk by chunk. The reservation is held until the request ends.
+    - Time (`body_timeout_s`): from the headers to the body's last byte; then 408 and the
+      connection closes, so a slow sender cannot hold memory and a connection for long.
     """
 
     def __init__(self, app: ASGIApp, limits: Mapping[str, int],
-                 patterns: Sequence[tuple[str, int]] = ()) -> None:
+                 patterns: Sequence[tuple[str, int]] = (), budget: BodyBudget | None = None,
+                 body_timeout_s: float | None = None) -> None:
         self.app = app
         self.limits = dict(limits)
         #: (regular expression matching the whole path, limit): for paths with parameters.
         self.patterns = [(re.compile(pattern), limit) for pattern, limit in patterns]
+        self.budget = budget
+        self.body_timeout_s = body_timeout_s
 
     def limit_for(self, path: str) -> int | None:
         if path in self.limits:
@@ -187,35 +254,60 @@ class BodyLimitMiddleware:
         too_large = UploadTooLargeError(
             f"request body too large: the limit for {scope['path']} is {limit} bytes"
         )
+        declared = 0
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
+                declared = int(value) if value.isdigit() and len(value) <= 20 else 0
                 if declared > limit:
                     await error_response(too_large)(scope, receive, send)
                     return
+        reservation = BodyReservation(self.budget or BodyBudget(1 << 62))
+        if declared and not reservation.budget.take(declared):
+            await error_response(_busy(reservation.budget))(scope, receive, send)
+            return
+        reservation.held = declared
+        deadline = (None if self.body_timeout_s is None
+                    else asyncio.get_running_loop().time() + self.body_timeout_s)
         received = 0
+        body_done = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done
+            if body_done or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise _Refused(HTTPStatus.REQUEST_TIMEOUT,
+                                   f"the request body was not received within "
+                                   f"{self.body_timeout_s:g} s (FEATCACHE_BODY_TIMEOUT_S)",
+                                   {"Connection": "close"}) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
+                body_done = not message.get("more_body", False)
                 if received > limit:
-                    raise _BodyTooLarge(too_large.message)
+                    raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large.message)
+                if received > reservation.held:  # chunked, or more than declared
+                    reservation.take(received - reservation.held)
             return message
 
-        await self.app(scope, counting_receive, send)
+        scope[BodyReservation.SCOPE_KEY] = reservation
+        try:
+            await self.app(scope, guarded_receive, send)
+        finally:
+            reservation.release()
 
 
-class _BodyTooLarge(StarletteHTTPException):
+class _Refused(StarletteHTTPException):
     """Raised mid-body; an HTTPException because FastAPI turns any other error raised while it
     parses a form into a 400, and re-raises these for the error handler."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(status_code=413, detail=message)
+    def __init__(self, status: HTTPStatus, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
 
 
 class CatchAllMiddleware:

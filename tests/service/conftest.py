@@ -111,19 +111,21 @@ def settings_for(weights_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def fake_app(head_dir: Path, weights_path: Path, base_spec: FeatureSpec) -> AppFactory:
-    """`with fake_app(**settings) as client`: the real head on a fake conv base, ready."""
+    """`with fake_app(**settings) as client`: the real head on a fake conv base, ready.
+    `client=(host, port)`: the address requests come from (the admin routes check it)."""
 
     @contextlib.contextmanager
     def factory(backbone: FakeBackbone | None = None, headers: dict[str, str] | None = None,
+                client: tuple[str, int] = ("testclient", 50000),
                 **overrides: Any) -> Iterator[TestClient]:
         fake = backbone or FakeBackbone(base_spec)
         overrides.setdefault("heads", [head_dir])
         settings = make_settings(overrides.pop("heads"), weights_path, **overrides)
         app = create_app(settings, backbone_factory=lambda *_: fake)
         app.state.fake_backbone = fake
-        with TestClient(app, headers=headers) as client:
-            wait_ready(client)
-            yield client
+        with TestClient(app, headers=headers, client=client) as test_client:
+            wait_ready(test_client)
+            yield test_client
 
     return factory
 

@@ -101,7 +101,7 @@ def test_no_head_yet_is_not_ready_then_polled_in(settings_for, make_fake, head_d
 
 
 def test_reload_without_heads_dir_is_409(fake_app) -> None:  # type: ignore[no-untyped-def]
-    with fake_app() as client:
+    with fake_app(client=("127.0.0.1", 50000)) as client:  # no API key: loopback only
         assert_error(client.post("/admin/reload"), 409, "no_heads_dir", "--heads-dir")
         [head] = client.get("/heads").json()["heads"]
         assert head["source"] == "head" and head["version"] is None

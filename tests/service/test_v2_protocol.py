@@ -154,3 +154,30 @@ def test_compressed_bodies_are_inflated_within_the_limit() -> None:
         v2.decompress(body, "br", 1000)
     with pytest.raises(v2.ProtocolError, match="gzip"):
         v2.decompress(b"plain", "gzip", 1000)
+
+
+@pytest.mark.parametrize("value", ["1_0", "+10", " 10 ", "\u0661\u0660", "10\n", "1" * 5000])
+def test_header_length_is_plain_ascii_digits(value: str) -> None:
+    """Issue 20, item 4: int() takes all of these (but the last, a ValueError of its own)."""
+    body = b'{"inputs": []}' + b"\0" * 30
+    with pytest.raises(v2.ProtocolError, match="plain digits"):
+        v2.parse_infer_request(body, value, **LIMITS)
+
+
+def test_inflating_counts_each_piece_before_the_next() -> None:
+    """Issue 20, item 3: a 64 KiB gzip body inflates to 64 MiB; the bytes in flight must count
+    what it inflates to as it does, so a refusal stops it early."""
+    body = b"\0" * (5 << 20) + b"end"
+    pieces: list[int] = []
+    assert v2.decompress(gzip.compress(body), "gzip", len(body), pieces.append) == body
+    assert sum(pieces) == len(body) and max(pieces) <= 1 << 20 and len(pieces) >= 5
+
+    def refuse_after_two(n: int) -> None:
+        pieces.append(n)
+        if len(pieces) > 2:
+            raise RuntimeError("over budget")
+
+    pieces.clear()
+    with pytest.raises(RuntimeError, match="over budget"):
+        v2.decompress(gzip.compress(body), "gzip", len(body), refuse_after_two)
+    assert len(pieces) == 3

@@ -1,22 +1,27 @@
-"""POST /admin/reload: rescan the heads folder now (as the timer and SIGHUP do)."""
+"""POST /admin/reload: rescan the heads folder now (as the timer and SIGHUP do).
+
+The API key when one is set; without one, loopback clients only (service/api/deps.py:
+require_admin says why)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ApiKey, HeadStoreDep
+from service.api.deps import AdminAccess, ApiKey, HeadStoreDep
 from service.api.routes.heads import heads_view
 from service.api.schemas import ErrorResponse, ReloadResponse
 from service.errors import ReloadUnavailableError
 
-router = APIRouter(tags=["admin"], dependencies=[ApiKey])
+router = APIRouter(tags=["admin"], dependencies=[ApiKey, AdminAccess])
 
 
 @router.post(
     "/admin/reload", response_model=ReloadResponse,
     summary="Rescan --heads-dir: load new and changed versions, drop removed ones",
-    responses={409: {"model": ErrorResponse, "description": "No --heads-dir is watched"}},
+    responses={403: {"model": ErrorResponse,
+                     "description": "No API key is set and the client is not on loopback"},
+               409: {"model": ErrorResponse, "description": "No --heads-dir is watched"}},
 )
 async def reload_heads(store: HeadStoreDep) -> ReloadResponse:
     if not store.watching:
