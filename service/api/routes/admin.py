@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ApiKey, HeadStoreDep
 from service.api.routes.heads import heads_view
@@ -16,7 +15,9 @@ router = APIRouter(tags=["admin"], dependencies=[ApiKey])
 @router.post(
     "/admin/reload", response_model=ReloadResponse,
     summary="Rescan --heads-dir: load new and changed versions, drop removed ones",
-    responses={409: {"model": ErrorResponse, "description": "No --heads-dir is watched"}},
+    responses={409: {"model": ErrorResponse, "description": "No --heads-dir is watched"},
+               503: {"model": ErrorResponse,
+                     "description": "The heads folder did not answer in time (scan_busy)"}},
 )
 async def reload_heads(store: HeadStoreDep) -> ReloadResponse:
     if not store.watching:
@@ -24,5 +25,7 @@ async def reload_heads(store: HeadStoreDep) -> ReloadResponse:
             "no heads folder is watched: --head heads are fixed; serve --heads-dir DIR to add, "
             "replace and remove heads while serving"
         )
-    changes = await run_in_threadpool(store.scan)  # loading a head blocks: off the event loop
+    # On the store's scanning thread (a folder that blocks holds that thread, not ours);
+    # reloads asked for meanwhile share the next scan.
+    changes = await store.rescan()
     return ReloadResponse(changes=[c.to_dict() for c in changes], heads=heads_view(store))
