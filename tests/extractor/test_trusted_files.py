@@ -99,6 +99,7 @@ def test_a_kept_export_is_verified_before_use(
     monkeypatch.setattr(onnx_export, "build", build)
     with caplog.at_level(logging.WARNING, logger="extractor.runtimes.onnx_export"):
         data, origin = onnx_export.load_or_export(weights_path, sha, LAYERS, 150)
+    assert origin == str(planted)
     assert data == good and rebuilt == [True]
     assert f"ignoring {planted}" in caplog.text
     assert planted.read_bytes() == good  # replaced by the real export

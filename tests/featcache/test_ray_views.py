@@ -33,7 +33,7 @@ def test_predict_with_a_head_trained_on_views_refuses_ray(
     assert head.views.count == 3
     folder = make_folder(tmp_path / "imgs", per_class=1)
     cache = tmp_path / "new.h5"
-    with pytest.raises(ValueError, match="3 augmented views .* --engine local, or --no-tta"):
+    with pytest.raises(ValueError, match=r"3 augmented views .* --engine local, or --no-tta"):
         extract_for_head(head, folder, cache, engine="ray")
     assert not cache.exists()
 
