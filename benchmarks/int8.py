@@ -45,7 +45,6 @@ PARTS = ("speed", "threads", "decode", "fidelity", "accuracy", "serve")
 
 def cpu_line() -> str:
     from extractor.runtimes.cpu import detect
-
     from extractor.runtimes.int8 import scheme_for
 
     info = detect()
@@ -248,7 +247,7 @@ def main() -> int:
     ap.add_argument("--calibration", type=Path, default=None,
                     help="fidelity: also a model calibrated on this folder")
     ap.add_argument("--portable", action="store_true",
-                    help="fidelity: also the portable-scheme model (FEATCACHE_INT8_WEIGHTS=portable)")
+                    help="fidelity: also the portable model (FEATCACHE_INT8_WEIGHTS=portable)")
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args()

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from classifier import plots
-from classifier.errors import ArtifactError
+from classifier.errors import ArtifactError, ModelHashError
 from classifier.heads import Head, json_params
 from classifier.views import Views
 from extractor import FeatureSpec
@@ -250,7 +250,7 @@ def load_head(path: str | os.PathLike[str]) -> LoadedHead:
     if not model_path.is_file():
         raise ArtifactError(f"{directory} is missing its model file {model_file}")
     if _sha256(model_path) != expected_sha:
-        raise ArtifactError(
+        raise ModelHashError(
             f"{model_path} does not match the SHA-256 in its metadata: the file was damaged or "
             "modified after training; refusing to load it"
         )

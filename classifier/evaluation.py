@@ -17,6 +17,7 @@ from classifier.errors import DataError
 from classifier.metrics import classification_metrics
 from classifier.views import Views, predict_images, use_views
 from extractor import open_cache
+from extractor.spec import SpecMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,13 @@ def evaluate_with_predictions(
     """`evaluate`'s metrics, and the per-image probabilities they came from."""
     head = load_head(head_dir)
     subset, spec, names = labelled_subset(cache_path, "evaluation cache", with_views=True)
-    head.spec.check_compatible(spec, what=f"cache {subset.path}", against=f"head {head.name}")
+    diffs = spec.feed_differences(head.spec)
+    if diffs:
+        detail = "; ".join(f"{k}: {t!r} vs {h!r}" for k, (t, h) in diffs.items())
+        raise SpecMismatchError(
+            f"cache {subset.path} was made differently from head {head.name} ({detail}); "
+            f"features made differently cannot be mixed"
+        )
     missing = spec.missing(head.feature_names)
     if missing:
         raise DataError(

@@ -66,9 +66,9 @@ def default_cache(directory: Path, head: LoadedHead, tta: bool = True) -> Path:
 def check_features(head: LoadedHead, spec: FeatureSpec, what: str) -> None:
     """Refuse features made otherwise than the head's (weights, input size, preprocessing,
     precision), or lacking one the head reads; the stored maps' layer may differ."""
-    diffs = {k: v for k, v in head.spec.differences(spec).items() if k != "layer"}
+    diffs = spec.feed_differences(head.spec)
     if diffs:
-        detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+        detail = "; ".join(f"{k}: {h!r} vs {t!r}" for k, (t, h) in diffs.items())
         raise SpecMismatchError(f"{what} was made differently from head {head.name} ({detail}, "
                                 "the head's vs theirs); features made differently cannot be mixed")
     missing = spec.missing(head.feature_names)
@@ -97,6 +97,12 @@ def extract_for_head(
     `precision` defaults to the head's; int8 uses the very int8 model the head was trained with
     (found by its hash)."""
     precision = precision or head.spec.precision
+    views = head.views if tta else None
+    if engine == "ray" and views:
+        raise ValueError(
+            f"head {head.name!r} averages its probabilities over {views.count} augmented views "
+            f"of every image, which the Ray engine does not make yet: use --engine local, or "
+            f"--no-tta to predict from each image alone")
     if precision != head.spec.precision:
         raise ValueError(f"--precision {precision}: head {head.name!r} was trained on "
                          f"{head.spec.precision} features; leave out --precision or pass "
@@ -107,13 +113,12 @@ def extract_for_head(
         runtime = "onnxruntime" if runtime == "auto" else runtime
     spec = make_spec(weights_path, head.spec.layer, head.spec.input_size, precision=precision,
                      quantized_sha256=qsha)
-    diffs = {k: v for k, v in head.spec.differences(spec).items() if k != "layer"}
+    diffs = spec.feed_differences(head.spec)
     if diffs:
         raise SpecMismatchError(
             f"weights {weights_path} do not make the features head {head.name} was trained on "
             f"({', '.join(diffs)} differ); pass the same --weights as its training cache")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    views = head.views if tta else None
     opts = Options(directory=directory, out=cache, weights=weights,
                    image_size=head.spec.input_size, layer=head.spec.layer,
                    batch_size=batch_size, progress=progress, runtime=runtime,

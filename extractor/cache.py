@@ -609,9 +609,7 @@ class Staging:
             with h5py.File(part, "r") as f:
                 attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
             theirs = FeatureSpec.from_dict(attrs)
-            diffs = list(self.spec.differences(theirs))
-            if theirs.pooled_layers != self.spec.pooled_layers:
-                diffs.append("pooled_layers")
+            diffs = list(self.spec.file_differences(theirs))
             if AugmentSettings.from_attrs(attrs) != self.augment:
                 diffs.append("augmentation")
             if diffs:

@@ -82,7 +82,7 @@ class ShardWriter:
                              threads=threads, pooled_layers=self.spec.pooled_layers,
                              precision=self.spec.precision,
                              quantized_sha256=self.spec.quantized_sha256 or None)
-        diffs = self.spec.differences(self.conv.spec)
+        diffs = self.spec.file_differences(self.conv.spec)
         if diffs:
             raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
                                f"driver ({', '.join(diffs)}): give every node the same weights")
@@ -137,7 +137,15 @@ class ShardWriter:
 
 
 def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
-    """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there."""
+    """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there.
+
+    Augmented views (`opts.augment`) are refused: the Ray workers make none yet, and a cache
+    or a prediction without the views asked for must not pass for one with them."""
+    if opts.augment:
+        raise ExtractError(
+            f"augment={opts.augment}: the Ray engine does not make augmented views yet; run "
+            f"with the local engine (engine=\"local\", --engine local) to store them"
+        )
     with lock_output(opts.out):
         return _run(opts, ray_opts or RayOptions())
 

@@ -212,10 +212,10 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
     except (Int8Error, ValueError) as exc:
         raise ExtractError(str(exc)) from None
     if theirs is not None:
-        diffs = spec.differences(theirs)
-        if diffs:
+        diffs = spec.file_differences(theirs)
+        if diffs.keys() - {"pooled_layers"}:
             _refuse_mix(opts.out, diffs)
-        if theirs.pooled_layers != spec.pooled_layers:
+        if diffs:  # only the pooled layers differ: say how to extend it
             def show(layers: tuple[str, ...]) -> str:
                 return ",".join(layers) or "none"
 

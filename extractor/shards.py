@@ -129,9 +129,7 @@ def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
                              f"for {len(paths)} paths")
         if spec is not None:
             theirs = FeatureSpec.from_dict(attrs)
-            diffs = list(spec.differences(theirs))
-            if theirs.pooled_layers != spec.pooled_layers:
-                diffs.append("pooled_layers")
+            diffs = list(spec.file_differences(theirs))
             for dataset, _ in feature_datasets(spec).values():
                 if dataset not in f or f[dataset].shape[0] != len(paths):
                     raise ShardError(f"shard {path} is incomplete: no {len(paths)} rows of "

@@ -96,6 +96,38 @@ class FeatureSpec:
             if getattr(self, name) != getattr(other, name)
         }
 
+    def feed_differences(self, head: FeatureSpec) -> dict[str, tuple[Any, Any]]:
+        """Why features made as `self` says cannot feed a head trained on features made as
+        `head` says: the compatibility fields whose values differ, as {field: (self's, head's)}.
+
+        Every compatibility field but `layer`: the layer whose maps a cache stores does not
+        change any feature (block4_pool's maps are the same whether block5_pool's are stored
+        beside them or not), so a head of pooled vectors is fed by any cache or base that
+        provides them. Whether they are provided is `missing`'s question; `can_feed` asks both.
+        """
+        return {k: v for k, v in self.differences(head).items() if k != "layer"}
+
+    def can_feed(self, head: FeatureSpec, names: Iterable[str] = ()) -> bool:
+        """Whether features made as `self` says can feed a head trained on features made as
+        `head` says that reads the named features `names`: the one rule of `evaluate`,
+        `predict` and `serve`."""
+        return not self.feed_differences(head) and not self.missing(names)
+
+    def file_differences(self, other: FeatureSpec) -> dict[str, tuple[Any, Any]]:
+        """Why features made as `other` says cannot share one file (a cache, its checkpoints,
+        a shard) with features made as `self` says, as {field: (self's, other's)}: every
+        compatibility field, and the pooled layers (a file holds the same datasets in every
+        row)."""
+        diffs = self.differences(other)
+        if self.pooled_layers != other.pooled_layers:
+            diffs["pooled_layers"] = (self.pooled_layers, other.pooled_layers)
+        return diffs
+
+    def can_share_file(self, other: FeatureSpec) -> bool:
+        """Whether features made as `other` says may be added to a file of features made as
+        `self` says."""
+        return not self.file_differences(other)
+
     def check_compatible(self, other: FeatureSpec, *, what: str, against: str) -> None:
         """Raise `SpecMismatchError` naming every differing field when `other` differs."""
         diffs = self.differences(other)

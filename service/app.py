@@ -44,9 +44,9 @@ from service.api.routes import admin, heads, health, metrics, predict, ui, v2
 from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
-from service.errors import StartupError
+from service.errors import ScanBusyError, StartupError
 from service.feature_cache import feature_cache
-from service.head_store import HeadStore, peek_spec
+from service.head_store import HeadStore
 from service.heads import ServedHead, check_heads, load_heads
 from service.metrics import Metrics
 from service.predictor import Predictor
@@ -111,14 +111,25 @@ def _open_heads(settings: Settings) -> tuple[HeadStore, Path, FeatureSpec]:
         raise StartupError("no head to serve: pass --head heads/NAME or --heads-dir DIR (or set "
                            "FEATCACHE_HEADS or FEATCACHE_HEADS_DIR)")
     fixed = load_heads(settings.heads)
-    hint = fixed[0].spec if fixed else None
-    if hint is None and settings.heads_dir is not None:
-        hint = peek_spec(settings.heads_dir)
-    weights_path, expected = _expected_spec(settings, hint)
-    check_heads(fixed, expected)
-    store = HeadStore.open(fixed, settings.heads_dir, base_spec=expected,
+    if fixed:
+        weights_path, expected = _expected_spec(settings, fixed[0].spec)
+        check_heads(fixed, expected)
+        store = HeadStore.open(fixed, settings.heads_dir, base_spec=expected,
+                               default=settings.default_head, settle_s=_settle_s(settings))
+        return store, weights_path, expected
+    # The heads folder alone: its first scan loads every version, then chooses the base from
+    # those that loaded completely (service.head_store.choose_spec) before checking them.
+    weights: list[Path] = []
+
+    def choose_base(hint: FeatureSpec | None) -> FeatureSpec:
+        weights_path, spec = _expected_spec(settings, hint)
+        weights.append(weights_path)
+        return spec
+
+    store = HeadStore.open([], settings.heads_dir, choose_base=choose_base,
                            default=settings.default_head, settle_s=_settle_s(settings))
-    return store, weights_path, expected
+    assert store.base_spec is not None and weights
+    return store, weights[-1], store.base_spec
 
 
 def _settle_s(settings: Settings) -> float:
@@ -143,7 +154,9 @@ async def _watch(store: HeadStore, poll_s: float, settle_s: float) -> None:
 
 async def _rescan(store: HeadStore) -> None:
     try:
-        await run_in_threadpool(store.scan)  # loading a head blocks: off the event loop
+        await store.rescan()  # on the store's scanning thread, never on the event loop
+    except ScanBusyError as exc:
+        logger.warning("heads folder: %s", exc)
     except Exception:
         logger.exception("scanning the heads folder failed")
 

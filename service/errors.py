@@ -12,6 +12,7 @@
     ├── UnknownHeadError (404 unknown_head)
     │   └── UnknownVersionError (404 unknown_version): the head is served, not that version
     ├── ReloadUnavailableError (409 no_heads_dir): /admin/reload with no --heads-dir to rescan
+    ├── ScanBusyError (503 scan_busy, Retry-After): the heads folder has not answered in time
     ├── NotReadyError (503 not_ready, Retry-After): the model is still loading, or failed to
     └── OverloadedError (503 overloaded, Retry-After): too many images already wait for the model
         └── RequestTimeoutError (503 timeout, Retry-After): not answered within the time limit
@@ -90,6 +91,12 @@ class UnknownVersionError(UnknownHeadError):
 class ReloadUnavailableError(ServiceError):
     status = HTTPStatus.CONFLICT
     code = "no_heads_dir"
+
+
+class ScanBusyError(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "scan_busy"
+    retry_after_s = 10
 
 
 class NotReadyError(ServiceError):

@@ -25,22 +25,36 @@ into it, never shows a half folder at all.
 
 Every new snapshot is built whole and swapped in by one assignment; requests keep the
 `ServedHead` they started with, so a request in flight finishes on the version it started on.
+
+Scans run one at a time on the store's own scanning thread (`rescan`), never on the event loop
+or its threadpool: a reload asked for while a scan runs shares the next scan, and its caller
+waits `scan_timeout_s` at most (then 503 scan_busy; the scan goes on, and GET /heads shows what
+it did). A folder that blocks (a FIFO, a hung network mount) so holds one thread, never the
+server: /health and /ready never wait on the heads folder. Only regular files are read.
+
+The conv base, when no --head names it (`choose_spec`): chosen from the versions that load
+completely, never from a half-copied or broken one; the spec that serves the most of them wins,
+ties going to the default head's, then to the head trained first, then to the name first in
+order. So a restart serves what the running server served, as long as its heads are there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
+import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from extractor.spec import FeatureSpec
-from service.errors import HeadSpecMismatchError, StartupError
-from service.heads import HeadRegistry, ServedHead, check_head, keras_refusal, trial_features
+from service.errors import HeadSpecMismatchError, ScanBusyError, StartupError
+from service.heads import HeadRegistry, ServedHead, check_head, keras_head_kind, trial_features
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +62,13 @@ LOADING, AVAILABLE, FAILED = "loading", "available", "failed"
 
 #: A version folder's state on disk: the folder's identity and every file's name, size, mtime.
 Fingerprint = tuple[Any, ...]
+
+#: How long a caller (start-up, POST /admin/reload, the timer) waits for a scan.
+SCAN_TIMEOUT_S = 30.0
+
+#: The spec of the conv base that will serve, from the spec of a head it should serve (None:
+#: no head loaded; the defaults).
+ChooseBase = Callable[[FeatureSpec | None], FeatureSpec]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,34 +134,78 @@ class HeadStore:
     """The fixed heads and those of the watched folder; `current()` is the snapshot to serve."""
 
     def __init__(
-        self, fixed: Sequence[ServedHead], heads_dir: Path | None, *, base_spec: FeatureSpec,
+        self, fixed: Sequence[ServedHead], heads_dir: Path | None, *,
+        base_spec: FeatureSpec | None = None, choose_base: ChooseBase | None = None,
         default: str | None = None, settle_s: float = 5.0,
+        scan_timeout_s: float | None = None,
     ) -> None:
+        if base_spec is None and choose_base is None:
+            raise ValueError("give the base's spec, or choose_base to choose it from the heads")
         self.fixed = list(fixed)
         self.heads_dir = heads_dir
+        #: The loaded base's spec; None until the first scan chose it (`choose_base`).
         self.base_spec = base_spec
+        self.choose_base = choose_base
         self.default = default
         self.settle_s = settle_s
+        self.scan_timeout_s = SCAN_TIMEOUT_S if scan_timeout_s is None else scan_timeout_s
         self._entries: dict[tuple[str, int | None], _Entry] = {}
         self._lock = threading.Lock()
         self._snapshot = HeadRegistry([])
         self._statuses: tuple[VersionStatus, ...] = ()
+        self._runner = _ScanRunner(self.scan)
         self._publish()
 
     @classmethod
     def open(
-        cls, fixed: Sequence[ServedHead], heads_dir: Path | None, *, base_spec: FeatureSpec,
+        cls, fixed: Sequence[ServedHead], heads_dir: Path | None, *,
+        base_spec: FeatureSpec | None = None, choose_base: ChooseBase | None = None,
         default: str | None = None, settle_s: float = 5.0,
+        scan_timeout_s: float | None = None,
     ) -> HeadStore:
-        """A store with the folder scanned once; a missing folder stops the start-up."""
+        """A store with the folder scanned once; a missing folder, or one that does not answer
+        within `scan_timeout_s`, stops the start-up. Without `base_spec`, the scan chooses it
+        (`choose_spec`, then `choose_base`)."""
         if heads_dir is not None and not heads_dir.is_dir():
             raise StartupError(f"--heads-dir {str(heads_dir)!r} is not a folder")
-        store = cls(fixed, heads_dir, base_spec=base_spec, default=default, settle_s=settle_s)
+        store = cls(fixed, heads_dir, base_spec=base_spec, choose_base=choose_base,
+                    default=default, settle_s=settle_s, scan_timeout_s=scan_timeout_s)
         if heads_dir is not None:
-            store.scan()
+            try:
+                store._runner.request().result(timeout=store.scan_timeout_s)
+            except TimeoutError:
+                raise StartupError(
+                    f"--heads-dir {str(heads_dir)!r} did not answer within "
+                    f"{store.scan_timeout_s:g} s "
+                    "(a hung network mount, or a file that blocks when read?)") from None
             if not any(not h.fixed for h in store.current()):
                 logger.warning("no head in %s can be served yet; watching it for heads", heads_dir)
+        if store.base_spec is None:
+            assert choose_base is not None
+            store.base_spec = choose_base(None)
         return store
+
+    async def rescan(self) -> list[Change]:
+        """`scan` on the store's scanning thread; what a reload, SIGHUP and the timer call.
+
+        Requests made while a scan runs share the next one. Waits `scan_timeout_s` at most:
+        past it, or while a scan has been running longer than that, `ScanBusyError` (the scan
+        goes on; /heads shows its outcome)."""
+        if self.heads_dir is None:
+            return []
+        running = self._runner.running_for()
+        if running is not None and running > self.scan_timeout_s:
+            raise ScanBusyError(
+                f"the heads folder has not answered for {running:.0f} s: a scan is still "
+                "running (a hung mount?); GET /heads shows what is served")
+        future = self._runner.request()
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                          self.scan_timeout_s)
+        except TimeoutError:
+            raise ScanBusyError(
+                f"the heads folder did not answer within {self.scan_timeout_s:g} s; the scan "
+                "goes on, and GET /heads shows what it loads") from None
 
     def current(self) -> HeadRegistry:
         """The snapshot to serve from; take it once per request and keep the head it gives."""
@@ -185,8 +250,15 @@ class HeadStore:
                     entry.status, entry.reason = LOADING, None
             if todo:
                 self._publish()  # /heads shows "loading" while they load
-            for entry, candidate, before in todo:
-                change = self._load(entry, candidate, before)
+            outcomes = [self._attempt(self._prepare, candidate) for _, candidate, _ in todo]
+            if self.base_spec is None:
+                assert self.choose_base is not None
+                loaded = [o for o in outcomes if isinstance(o, ServedHead)]
+                self.base_spec = self.choose_base(choose_spec(loaded, self.default))
+            for (entry, candidate, before), outcome in zip(todo, outcomes, strict=True):
+                if isinstance(outcome, ServedHead):
+                    outcome = self._attempt(self._check_spec, outcome, candidate)
+                change = self._record(entry, candidate, before, outcome)
                 if change is not None:
                     changes.append(change)
             self._publish()
@@ -198,14 +270,14 @@ class HeadStore:
 
     # -- one version ------------------------------------------------------------------------
 
-    def _load(self, entry: _Entry, candidate: _Candidate,
-              before: tuple[str, str | None]) -> Change | None:
-        """Try one new or changed version; update its entry; the change to report, if any."""
+    def _attempt(self, step: Callable[..., ServedHead], *args: Any) -> ServedHead | Exception:
+        """Run one step of loading a version; its head, or why not (_NotYet or _Refused)."""
+        candidate: _Candidate = args[-1]
         try:
             if candidate.refused is not None:
                 raise _Refused(candidate.refused)
             try:
-                head = self._check(candidate)
+                return step(*args)
             except OSError as exc:  # a file went or changed between two looks: being copied
                 raise _NotYet("its files changed while they were read") from exc
             except (_NotYet, _Refused):
@@ -214,20 +286,26 @@ class HeadStore:
                 logger.exception("heads folder: checking %s failed", _label(candidate.name,
                                                                             candidate.version))
                 raise _Refused("could not be checked (the server log says why)") from exc
-        except _NotYet as exc:
-            recent = time.time() - candidate.newest_mtime < self.settle_s
-            entry.status = LOADING if recent else FAILED
-            entry.reason = str(exc) if recent else f"incomplete: {exc}"
-            if not recent:
-                entry.fingerprint = candidate.fingerprint
-        except _Refused as exc:
-            entry.status, entry.reason = FAILED, str(exc)
-            entry.fingerprint = candidate.fingerprint
-        else:
+        except (_NotYet, _Refused) as exc:
+            return exc
+
+    def _record(self, entry: _Entry, candidate: _Candidate, before: tuple[str, str | None],
+                outcome: ServedHead | Exception) -> Change | None:
+        """Update a version's entry with what loading it gave; the change to report, if any."""
+        if isinstance(outcome, ServedHead):
             change = "replaced" if entry.head is not None else "added"
-            entry.head, entry.status, entry.reason = head, AVAILABLE, None
+            entry.head, entry.status, entry.reason = outcome, AVAILABLE, None
             entry.fingerprint = candidate.fingerprint
             return Change(candidate.name, candidate.version, change)
+        if isinstance(outcome, _NotYet):
+            recent = time.time() - candidate.newest_mtime < self.settle_s
+            entry.status = LOADING if recent else FAILED
+            entry.reason = str(outcome) if recent else f"incomplete: {outcome}"
+            if not recent:
+                entry.fingerprint = candidate.fingerprint
+        else:
+            entry.status, entry.reason = FAILED, str(outcome)
+            entry.fingerprint = candidate.fingerprint
         if entry.head is not None:
             entry.reason = (f"a change to its files is not served ({entry.reason}); "
                             "the previous load keeps serving")
@@ -235,31 +313,29 @@ class HeadStore:
             return None  # still loading, or failed the same way: reported once
         return Change(candidate.name, candidate.version, entry.status, entry.reason)
 
-    def _check(self, candidate: _Candidate) -> ServedHead:
-        """Load and check one version folder; raise _NotYet or _Refused with a short reason."""
+    def _prepare(self, candidate: _Candidate) -> ServedHead:
+        """Load one version folder and try it; raise _NotYet or _Refused with a short reason.
+        Its model file is hashed once, by `load_head`."""
         from classifier.artifact import load_head
+        from classifier.errors import ModelHashError
 
         path = candidate.path
-        _completeness(path)
+        metadata = _completeness(path)
         label = _label(candidate.name, candidate.version)
-        refusal = keras_refusal(path)  # a Keras head where there is no Keras (the lean image)
-        if refusal is not None:
-            logger.warning("heads folder: refusing %s: %s", label, refusal)
+        if keras_head_kind(metadata) is not None:  # a Keras head with no Keras (the lean image)
+            logger.warning("heads folder: refusing %s: a Keras head, and this server has no "
+                           "Keras", label)
             raise _Refused("a Keras head: this server has no Keras (the lean serving image); "
                            "serve it with the full image")
         try:
             loaded = load_head(path)
+        except ModelHashError:  # a damaged file, or one still being copied
+            raise _NotYet(f"{metadata['model_file']} does not match the SHA-256 in "
+                          f"{_metadata_name()}") from None
         except Exception as exc:  # any failure of a foreign folder is that folder's, not ours
             logger.warning("heads folder: cannot load %s from %s: %s", label, path, exc)
             raise _Refused("not a loadable head artifact (the server log says why)") from None
         head = ServedHead(candidate.name, candidate.version, loaded)
-        try:
-            check_head(head, self.base_spec)
-        except HeadSpecMismatchError as exc:
-            logger.warning("heads folder: %s", exc)
-            differs = ", ".join(exc.fields) or "its features"
-            raise _Refused(f"trained on other features than the loaded base's (differs in: "
-                           f"{differs})") from None
         try:
             rows = head.predict_proba(trial_features(head))
             if getattr(rows, "shape", None) != (1, len(head.classes_)):
@@ -268,6 +344,18 @@ class HeadStore:
         except Exception as exc:
             logger.warning("heads folder: %s failed a trial prediction: %s", label, exc)
             raise _Refused("failed a trial prediction (the server log says why)") from None
+        return head
+
+    def _check_spec(self, head: ServedHead, candidate: _Candidate) -> ServedHead:
+        """Refuse (_Refused) a loaded head the base cannot feed (`check_head`)."""
+        assert self.base_spec is not None
+        try:
+            check_head(head, self.base_spec)
+        except HeadSpecMismatchError as exc:
+            logger.warning("heads folder: %s", exc)
+            differs = ", ".join(exc.fields) or "its features"
+            raise _Refused(f"trained on other features than the loaded base's (differs in: "
+                           f"{differs})") from None
         return head
 
     # -- the folder -------------------------------------------------------------------------
@@ -325,26 +413,27 @@ class HeadStore:
         return names.pop() if len(names) == 1 else None
 
 
-def peek_spec(heads_dir: Path) -> FeatureSpec | None:
-    """The spec recorded by the first head in the folder (by name, highest version), if any.
+def choose_spec(heads: Sequence[ServedHead], default: str | None = None) -> FeatureSpec | None:
+    """The spec of the head whose conv base serves the most of `heads` (versions that loaded
+    completely); None when there is none. Deterministic: ties go to the `default` head's spec,
+    then to the head trained first (its metadata's `created`), then to the first by name and
+    version.
 
-    Start-up uses it to choose the conv base's layer and input size when no --head is given,
-    as it uses the first --head's otherwise.
+    Start-up uses it to choose the conv base's layer, input size and int8 model when no --head
+    is given (as it uses the first --head's otherwise). A base gives the pooled vectors of every
+    layer `extract` stores by default, so heads of pooled vectors count for any base that makes
+    them.
     """
-    from classifier.artifact import read_metadata
+    from extractor.features import DEFAULT_POOLED_LAYERS
 
-    if not heads_dir.is_dir():
-        return None
-    for name in sorted(e.name for e in os.scandir(heads_dir) if e.is_dir() and e.name[0] != "."):
-        folder = heads_dir / name
-        paths = ([folder] if (folder / _metadata_name()).exists()
-                 else [p for _, p in reversed(_version_folders(folder))])
-        for path in paths:
-            try:
-                return FeatureSpec.from_dict(read_metadata(path)["spec"])
-            except (ValueError, KeyError, TypeError, OSError):
-                continue
-    return None
+    def rank(head: ServedHead) -> tuple[int, int, str, str, int]:
+        base = dataclasses.replace(head.spec, pooled_layers=DEFAULT_POOLED_LAYERS)
+        serves = sum(base.can_feed(h.spec, h.feature_names) for h in heads)
+        created = str(head.metadata.get("created") or "9999")
+        version = -1 if head.version is None else head.version
+        return -serves, 0 if head.name == default else 1, created, head.name, -version
+
+    return min(heads, key=rank).spec if heads else None
 
 
 def _metadata_name() -> str:
@@ -378,16 +467,17 @@ def _fingerprint(path: Path) -> tuple[Fingerprint, float]:
     return (st.st_ino, st.st_mtime_ns, tuple(sorted(files))), newest
 
 
-def _completeness(path: Path) -> None:
-    """Raise _NotYet when the folder looks half copied, _Refused when it is not a head at all."""
-    import hashlib
-
+def _completeness(path: Path) -> dict[str, Any]:
+    """The folder's metadata; raise _NotYet when the folder looks half copied, _Refused when it
+    is not a head at all. Cheap: nothing is hashed here (`load_head` hashes the model once),
+    and nothing but a regular file is opened (a FIFO would block the scan)."""
     from classifier.artifact import read_metadata
     from classifier.errors import ArtifactError
 
     meta_path = path / _metadata_name()
     if not meta_path.exists():
         raise _NotYet(f"no {meta_path.name}")
+    _regular(meta_path)
     try:
         metadata = read_metadata(path)
     except ArtifactError:
@@ -403,14 +493,16 @@ def _completeness(path: Path) -> None:
             or Path(model_file).name != model_file:
         raise _Refused(f"{meta_path.name} does not name a model file and its SHA-256")
     model_path = path / model_file
-    if not model_path.is_file():
+    if not model_path.exists():
         raise _NotYet(f"no model file {model_file}")
-    h = hashlib.sha256()
-    with open(model_path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected:
-        raise _NotYet(f"{model_file} does not match the SHA-256 in {meta_path.name}")
+    _regular(model_path)
+    return metadata
+
+
+def _regular(path: Path) -> None:
+    """Refuse (_Refused) anything but a regular file (a link to one is fine)."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise _Refused(f"{path.name} is not a regular file")
 
 
 def _sort_key(key: tuple[str, int | None]) -> tuple[str, int]:
@@ -419,3 +511,49 @@ def _sort_key(key: tuple[str, int | None]) -> tuple[str, int]:
 
 def _label(name: str, version: int | None) -> str:
     return name if version is None else f"{name} version {version}"
+
+
+class _ScanRunner:
+    """Runs the store's scans one at a time on a daemon thread of its own (started when asked,
+    gone when idle), so a scan that blocks holds that one thread and never the server's event
+    loop or threadpool, and never stops the process from exiting."""
+
+    def __init__(self, scan: Callable[[], list[Change]]) -> None:
+        self._scan = scan
+        self._lock = threading.Lock()
+        #: The scan asked for and not started yet: every request until it starts shares it.
+        self._next: concurrent.futures.Future[list[Change]] | None = None
+        self._started: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> concurrent.futures.Future[list[Change]]:
+        """The outcome of a scan that starts after this call (shared with other requests)."""
+        with self._lock:
+            if self._next is None:
+                self._next = concurrent.futures.Future()
+            future = self._next
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="featcache-heads-scan",
+                                                daemon=True)
+                self._thread.start()
+        return future
+
+    def running_for(self) -> float | None:
+        """Seconds the scan now running has taken; None when none runs."""
+        started = self._started
+        return None if started is None else time.monotonic() - started
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                future, self._next = self._next, None
+                self._started = None if future is None else time.monotonic()
+                if future is None:
+                    self._thread = None
+                    return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._scan())
+            except BaseException as exc:
+                future.set_exception(exc)

@@ -163,10 +163,10 @@ def check_head(head: Head | ServedHead, base_spec: FeatureSpec) -> None:
     base must give every named feature the head reads (`base_spec.missing`): a head of pooled
     vectors of block3-5 is served by a base whose maps are block5_pool's or block4_pool's.
     """
-    diffs = {k: v for k, v in head.spec.differences(base_spec).items() if k != "layer"}
+    diffs = base_spec.feed_differences(head.spec)
     missing = base_spec.missing(head.feature_names)
     if diffs:
-        detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+        detail = "; ".join(f"{k}: {h!r} vs {b!r}" for k, (b, h) in diffs.items())
         if head.spec.precision != base_spec.precision:
             hint = (f"Serve it with --precision {head.spec.precision} (FEATCACHE_PRECISION), "
                     "or retrain it on features of this precision.")

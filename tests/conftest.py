@@ -79,11 +79,16 @@ def _featcache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_environ(monkeypatch: pytest.MonkeyPatch, weights_path: Path) -> None:
-    """Tests see the shared weights as the default and never the developer's own settings."""
-    keep = ("FEATCACHE_SHARED", "FEATCACHE_HOME")
-    for key in list(os.environ):
-        if key.startswith(("FEATCACHE_", "SERVE_")) and key not in keep:
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("FEATCACHE_WEIGHTS", str(weights_path))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+def _clean_environ(weights_path: Path) -> Iterator[None]:
+    """Tests see the shared weights as the default and never the developer's own settings.
+
+    A patcher of its own, not the test's `monkeypatch`: a test's `monkeypatch.undo()` undoes
+    what the test patched, never this (it would bring back the shell's environment)."""
+    with pytest.MonkeyPatch.context() as mp:
+        keep = ("FEATCACHE_SHARED", "FEATCACHE_HOME")
+        for key in list(os.environ):
+            if key.startswith(("FEATCACHE_", "SERVE_")) and key not in keep:
+                mp.delenv(key)
+        mp.setenv("FEATCACHE_WEIGHTS", str(weights_path))
+        mp.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+        yield

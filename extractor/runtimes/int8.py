@@ -361,12 +361,32 @@ def build(weights_path: Path, weights_sha256: str, image_size: int, calib: Calib
 
 
 def _verified(path: Path, sha256: str | None = None) -> Quantized | None:
-    """The model at `path` when its bytes hash to the name's (or `sha256`); None otherwise."""
+    """The model at `path` when its bytes hash to `sha256` (the spec's `quantized_sha256`; when
+    not given, the hash its name says) and the recipe stored in it is the one its name stands
+    for (the recipe key, weights and input size in the name); None otherwise."""
+    import onnx
+
+    data = path.read_bytes()
     want = sha256 or path.stem.rsplit("-", 1)[-1]
-    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    got = hashlib.sha256(data).hexdigest()
     if got != want:
-        logger.warning("ignoring %s: its SHA-256 is %s, not the %s its name says (a damaged or "
-                       "partial copy)", path, got, want)
+        logger.warning("ignoring %s: its SHA-256 is %s, not the %s %s (a damaged or partial "
+                       "copy)", path, got, want, "the features record" if sha256 else
+                       "its name says")
+        return None
+    # vgg16-<weights sha256>-<size>-int8-<recipe key>-<model sha256>: `model_name`.
+    parts = path.stem.split("-")
+    try:
+        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+        rec = json.loads(props[METADATA_KEY])
+        named = (len(parts) == 6 and parts[0] == "vgg16" and parts[3] == "int8"
+                 and recipe_key(rec) == parts[4] and rec["weights_sha256"] == parts[1]
+                 and str(rec["input_size"]) == parts[2])
+    except Exception:  # not ONNX, no recipe, a recipe of another shape
+        named = False
+    if not named:
+        logger.warning("ignoring %s: the recipe stored in it is not the one its name stands for "
+                       "(weights, input size, recipe key)", path)
         return None
     return Quantized(path, got, str(path))
 

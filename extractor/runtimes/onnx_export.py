@@ -17,9 +17,11 @@ does. Outputs: one NHWC tensor per tapped pooling layer, named after it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 EXPORT_VERSION = "e3"  # e3: built from the weights file (h5py), not from a Keras model
 OPSET = 17
 INPUT_NAME = "pixels"
+#: The metadata entry that records what an export was made from (`record`).
+RECORD_KEY = "featcache.export"
 
 #: VGG16's conv base, in order: (layer, output channels) for Conv2D 3x3 + ReLU, (layer, 0) for
 #: MaxPooling2D 2x2.
@@ -124,29 +128,31 @@ def read_kernels(weights_path: Path) -> dict[str, tuple[NDArray[np.float32], NDA
     return out
 
 
-def build(weights_path: Path, layers: tuple[str, ...], image_size: int) -> bytes:
-    """The ONNX model (serialised) of the conv base up to the deepest of `layers`, with one
-    output per layer in `layers`, in that order."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def record(weights_sha256: str, layers: tuple[str, ...], image_size: int) -> dict[str, Any]:
+    """What an export is made from, stored in its metadata (`RECORD_KEY`) and checked on load."""
+    return {"export": EXPORT_VERSION, "opset": OPSET, "weights_sha256": weights_sha256,
+            "layers": list(layers), "image_size": image_size}
+
+
+def _graph(layers: tuple[str, ...], image_size: int) -> tuple[list[Any], list[Any], Any,
+                                                              list[Any]]:
+    """The conv base's nodes up to the deepest of `layers`, its convolutions as (layer, kernel
+    initializer name, bias initializer name), its input, and one output per layer in `layers`."""
+    from onnx import TensorProto, helper
 
     unknown = [name for name in layers if name not in _ORDER or not name.endswith("_pool")]
     if unknown or not layers:
         raise ExportError(f"cannot tap layers {unknown or layers}; choose pooling layers of VGG16")
-    kernels = read_kernels(weights_path)
     last = max(_ORDER[name] for name in layers)
     nodes = [helper.make_node("Transpose", [INPUT_NAME], ["x0"], perm=[0, 3, 1, 2])]
-    inits = []
+    convs = []
     current, side, channels = "x0", image_size, 3
-    outputs: dict[str, object] = {}
+    outputs: dict[str, Any] = {}
     for i, (name, out_channels) in enumerate(VGG16[: last + 1], start=1):
         out = f"x{i}"
         if out_channels:
-            kernel, bias = kernels[name]
             w_name, b_name = f"{name}_W", f"{name}_b"
-            # Keras (kh, kw, in, out) -> ONNX (out, in, kh, kw).
-            inits.append(numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), w_name))
-            inits.append(numpy_helper.from_array(bias, b_name))
+            convs.append((name, w_name, b_name))
             # Stride 1, 3x3: Keras's "same" padding is one pixel each side.
             nodes.append(helper.make_node(
                 "Conv", [current, w_name, b_name], [f"{out}_conv"], name=name,
@@ -163,34 +169,99 @@ def build(weights_path: Path, layers: tuple[str, ...], image_size: int) -> bytes
             nodes.append(helper.make_node("Transpose", [current], [name], perm=[0, 2, 3, 1]))
             outputs[name] = helper.make_tensor_value_info(
                 name, TensorProto.FLOAT, ["N", side, side, channels])
-    graph = helper.make_graph(
-        nodes, "vgg16_" + "_".join(layers),
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
-                                       ["N", image_size, image_size, 3])],
-        [outputs[name] for name in layers],  # type: ignore[misc]
-        initializer=inits,
-    )
+    pixels = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
+                                           ["N", image_size, image_size, 3])
+    return nodes, convs, pixels, [outputs[name] for name in layers]
+
+
+def _initial_values(
+    kernels: dict[str, tuple[NDArray[np.float32], NDArray[np.float32]]],
+    convs: list[tuple[str, str, str]],
+) -> Iterator[tuple[str, NDArray[np.float32]]]:
+    """(initializer name, value) of every kernel and bias, in the graph's order."""
+    for layer, w_name, b_name in convs:
+        kernel, bias = kernels[layer]
+        # Keras (kh, kw, in, out) -> ONNX (out, in, kh, kw).
+        yield w_name, kernel.transpose(3, 2, 0, 1)
+        yield b_name, bias
+
+
+def build(weights_path: Path, layers: tuple[str, ...], image_size: int,
+          made_from: dict[str, Any] | None = None) -> bytes:
+    """The ONNX model (serialised) of the conv base up to the deepest of `layers`, with one
+    output per layer in `layers`, in that order; `made_from` (`record`) goes into its
+    metadata."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes, convs, pixels, outputs = _graph(layers, image_size)
+    kernels = read_kernels(weights_path)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(value), name)
+             for name, value in _initial_values(kernels, convs)]
+    graph = helper.make_graph(nodes, "vgg16_" + "_".join(layers), [pixels], outputs,
+                              initializer=inits)
     proto = helper.make_model(
         graph, producer_name="featcache", opset_imports=[helper.make_opsetid("", OPSET)]
     )
     proto.ir_version = 8  # readable by every onnxruntime since 1.10
+    if made_from is not None:
+        helper.set_model_props(proto, {RECORD_KEY: json.dumps(made_from, sort_keys=True)})
     onnx.checker.check_model(proto)
     data: bytes = proto.SerializeToString()
     return data
 
 
+def verify(data: bytes, weights_path: Path, weights_sha256: str, layers: tuple[str, ...],
+           image_size: int) -> str | None:
+    """Why the serialised model `data` is not the export of these weights, layers and size
+    (None when it is): its record, its graph node by node, and every kernel and bias against
+    the weights file. A file found on disk is used only after this: its name proves nothing."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        return f"not an ONNX model ({exc.__class__.__name__})"
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        made_from = json.loads(props.get(RECORD_KEY, "null"))
+    except ValueError:
+        made_from = None
+    if made_from != record(weights_sha256, layers, image_size):
+        return f"its record ({RECORD_KEY}) is not this export's: {made_from}"
+    nodes, convs, pixels, outputs = _graph(layers, image_size)
+    graph = model.graph
+    if (list(graph.node) != nodes or list(graph.input) != [pixels]
+            or list(graph.output) != outputs):
+        return "its graph is not VGG16's conv base as featcache writes it"
+    values = dict(_initial_values(read_kernels(weights_path), convs))
+    stored = {t.name: t for t in graph.initializer}
+    if set(stored) != set(values):
+        return "its initializers are not the conv base's kernels and biases"
+    for name, value in values.items():
+        if not np.array_equal(numpy_helper.to_array(stored[name]), value):
+            return f"its {name} is not the weights file's"
+    return None
+
+
 def load_or_export(
     weights_path: Path, weights_sha256: str, layers: tuple[str, ...], image_size: int
-) -> tuple[bytes | Path, str]:
+) -> tuple[bytes, str]:
     """The ONNX model for these weights and output layers, exporting (once) if needed; returns
-    (model, origin). The graph's outputs come in layer order whatever the order asked: one
-    file, and the same bytes, for every order."""
+    (model bytes, origin). A kept export is used only once `verify` passes on the very bytes
+    returned. The graph's outputs come in layer order whatever the order asked: one file, and
+    the same bytes, for every order."""
     layers = tuple(sorted(set(layers)))
     name = export_name(weights_sha256, layers, image_size)
     found = next(store.find(weights_path, name), None)
     if found is not None:
-        return found, str(found)
+        data = found.read_bytes()
+        problem = verify(data, weights_path, weights_sha256, layers, image_size)
+        if problem is None:
+            return data, str(found)
+        logger.warning("ignoring %s: %s; exporting it again", found, problem)
     logger.info("exporting the VGG16 conv base (%s, %s) to ONNX", ", ".join(layers), image_size)
-    data = build(weights_path, layers, image_size)
+    data = build(weights_path, layers, image_size, record(weights_sha256, layers, image_size))
     path = store.keep(data, weights_path, name, "ONNX export")
-    return (path, str(path)) if path is not None else (data, "memory")
+    return data, str(path) if path is not None else "memory"

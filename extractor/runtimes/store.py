@@ -1,21 +1,26 @@
 """Where exported and quantized models are kept, written atomically, found by name.
 
-First that is writable:
+featcache's own folder, never beside the weights file (whoever could write that folder, or
+root, which can write any, would change the features while the spec looks the same):
 
-1. `$FEATCACHE_HOME/onnx/` when `FEATCACHE_HOME` is set (the only place then);
-2. next to the weights file, unless its folder is read-only (as the shared weights folder is);
-3. the per-user cache folder platformdirs gives (`~/.cache/featcache/onnx` on Linux, honouring
-   `XDG_CACHE_HOME`; `~/Library/Caches/featcache/onnx` on macOS; `%LOCALAPPDATA%` on Windows).
+1. `$FEATCACHE_HOME/onnx/` when `FEATCACHE_HOME` is set (the flag that puts them elsewhere: a
+   Docker volume, a folder shared by a team);
+2. else the per-user cache folder platformdirs gives (`~/.cache/featcache/onnx` on Linux,
+   honouring `XDG_CACHE_HOME`; `~/Library/Caches/featcache/onnx` on macOS; `%LOCALAPPDATA%`
+   on Windows).
 
-When none is writable a model is kept in memory for this process only. Files are written to a
-temporary name and renamed, so concurrent processes never read half a file; names hold
-everything the bytes depend on, so a stale file is never reused.
+A folder featcache creates is private (0700). Files in a folder anyone may write are never
+used. What is found is still checked before use against what it must be (the fp32 export by
+`onnx_export.verify`, an int8 model by its hash and recipe: `int8._verified`). When the folder
+is not writable a model is kept in memory for this process only. Files are written to a
+temporary name and renamed, so concurrent processes never read half a file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,28 +38,34 @@ def user_cache_dir() -> Path:
 
 
 def candidate_dirs(weights_path: Path) -> list[Path]:
-    """Where a model may live, in order of preference (see the module docstring)."""
+    """Where a model may live (see the module docstring); never the weights file's folder,
+    whatever `weights_path` is."""
     home = os.environ.get(HOME_ENV)
     if home:
         return [Path(home).expanduser() / "onnx"]
-    return [weights_path.resolve().parent, user_cache_dir()]
+    return [user_cache_dir()]
 
 
 def find(weights_path: Path, pattern: str) -> Iterator[Path]:
-    """Files matching the glob `pattern` in the candidate folders, in order of preference."""
+    """Regular files matching the glob `pattern` in the candidate folders, in order of
+    preference; a folder that anyone may write is passed over."""
     for folder in candidate_dirs(weights_path):
-        if folder.is_dir():
-            yield from sorted(folder.glob(pattern))
+        if not folder.is_dir():
+            continue
+        if folder.stat().st_mode & stat.S_IWOTH:
+            logger.warning("ignoring the models in %s: anyone may write that folder", folder)
+            continue
+        yield from sorted(p for p in folder.glob(pattern) if p.is_file())
 
 
 def writable_dir(folder: Path) -> bool:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = folder.stat().st_mode
     except OSError:
         return False
-    # os.access says yes to root everywhere; a folder whose owner made it read-only (the shared
-    # weights folder) must stay untouched even then.
+    # os.access says yes to root everywhere; a folder whose owner made it read-only must stay
+    # untouched even then.
     return bool(mode & 0o222) and os.access(folder, os.W_OK)
 
 

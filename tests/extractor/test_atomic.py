@@ -123,3 +123,21 @@ def test_atomic_helpers(tmp_path: Path) -> None:
         (tmp / "b").write_text("second")
     assert sorted(p.name for p in folder.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "d.h5", "x.txt"]
+
+
+def test_these_tests_pass_without_settings_from_the_shell() -> None:
+    """The tests above call `monkeypatch.undo()`; that must not take away the weights the test
+    fixtures give them, so they pass under a plain `pytest` with no FEATCACHE_WEIGHTS set."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FEATCACHE_") or k == "FEATCACHE_SHARED"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not shell",
+         str(Path(__file__).relative_to(root))],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "4 passed" in result.stdout

@@ -75,9 +75,7 @@ def test_export_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = tmp_path / "w" / "vgg.h5"
     monkeypatch.delenv(store.HOME_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # platformdirs honours it
-    assert store.candidate_dirs(weights) == [
-        (tmp_path / "w").resolve(), tmp_path / "xdg" / "featcache" / "onnx"
-    ]
+    assert store.candidate_dirs(weights) == [tmp_path / "xdg" / "featcache" / "onnx"]
     monkeypatch.setenv(store.HOME_ENV, str(tmp_path / "home"))
     assert store.candidate_dirs(weights) == [tmp_path / "home" / "onnx"]
     name = onnx_export.export_name("ab" * 32, ("block5_pool",), 150)
@@ -124,7 +122,9 @@ def test_read_only_weights_folder_is_never_written(
     finally:
         folder.chmod(0o755)
     assert list(folder.iterdir()) == []
-    assert isinstance(source, Path) and source.parent == tmp_path / "xdg" / "featcache" / "onnx"
+    assert source == b"onnx-bytes"
+    assert [p.name for p in (tmp_path / "xdg" / "featcache" / "onnx").iterdir()] == [
+        onnx_export.export_name("ab" * 32, ("block5_pool",), 150)]
 
 
 def test_cli_rejects_unknown_runtime(capsys: pytest.CaptureFixture[str]) -> None:

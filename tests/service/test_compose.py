@@ -136,6 +136,21 @@ def test_build_context_is_small() -> None:
     assert ignore[0] == "*"
     kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     assert kept == {"requirements/runtime.txt", "requirements/demo.txt",
-                    "requirements/serve.txt", "pyproject.toml",
+                    "requirements/serve.txt", "requirements/build.txt", "pyproject.toml",
                     "README.md", "extractor", "classifier", "service", "featcache",
                     "scripts/make_demo_data.py", "docker/entrypoint.sh", "docker/first-head.sh"}
+
+
+def test_api_key_file_is_readable_by_the_server_alone() -> None:
+    """Issue 20, item 13: the key file's recipe gives it to the server's user, mode 0400; no
+    step leaves it readable by group or others."""
+    text = (ROOT / "docker/compose.api-key.yml").read_text()
+    steps = [line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")]
+    modes = [int(m, 8) for m in re.findall(r"\bchmod (0?[0-7]{3,4}) api-key\.txt", text)]
+    assert modes and all(mode & 0o077 == 0 for mode in modes), modes
+    assert any(s.startswith("(umask 077;") and "> api-key.txt" in s for s in steps), steps
+    uid = re.search(r"useradd .*--uid (\d+)", (ROOT / "docker/Dockerfile").read_text())
+    assert uid is not None
+    assert f"sudo chown {uid[1]}:{uid[1]} api-key.txt" in text
+    assert f"podman unshare chown {uid[1]}:{uid[1]} api-key.txt" in text
+    assert "0644" not in text

@@ -14,7 +14,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health, summary="The process is alive")
-def health() -> Health:
+async def health() -> Health:
+    # On the event loop: never queued behind the threadpool (blocking work waits there).
     return Health(status="ok")
 
 
