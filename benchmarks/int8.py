@@ -180,10 +180,15 @@ def part_accuracy(train: Path, val: Path, tmp: Path, timeout: float) -> None:
         head = tmp / f"head-{precision}"
         proc = subprocess.run(
             [str(BIN / "train-head"), "--cache", str(caches["train"]), "--val-cache",
-             str(caches["val"]), "--out", str(head), "-q"],
+             str(caches["val"]), "--out", str(head), "-q", "--json"],
             capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
+        chosen = json.loads(proc.stdout).get("selection") or {}
+        if chosen:
+            print(f"{precision}: default head CV accuracy on the training cache "
+                  f"{chosen['cv_accuracy_mean']:.4f} ± {chosen['cv_accuracy_std']:.4f} "
+                  f"({chosen['folds']}-fold, {chosen['candidates']} settings)", flush=True)
         proc = subprocess.run([str(BIN / "evaluate"), "--head", str(head), "--cache",
                                str(caches["val"]), "--json"], capture_output=True, text=True,
                               timeout=timeout, check=True)

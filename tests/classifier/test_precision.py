@@ -35,7 +35,8 @@ def test_int8_head_refuses_an_fp32_cache(make_cache: MakeCache, tmp_path: Path,
     assert train_main(["--cache", str(int8), "--out", str(out), "-q"]) == 0
     fp32 = make_cache("fp32.h5", seed=1)
     assert evaluate_main(["--head", str(out), "--cache", str(fp32)]) == 1
-    assert "precision: 'int8' vs 'fp32'" in capsys.readouterr().err
+    # The cache's value first, then the head's.
+    assert "precision: 'fp32' vs 'int8'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
