@@ -440,7 +440,7 @@ def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
         return [UNKNOWN] * n
     sizes = group[f"{prefix}file_size"][:].tolist()
     mtimes = group[f"{prefix}file_mtime_ns"][:].tolist()
-    return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
+    return list(map(FileStat._make, zip(sizes, mtimes, strict=True)))
 
 
 #: netCDF-4's mark of a dimension scale that holds no coordinate values: xarray (h5netcdf) and
