@@ -117,10 +117,13 @@ def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: bool
     shutil.rmtree(root, ignore_errors=True)
     t = time.perf_counter()
     sources = make_folder(root, n, distinct)
+    res: dict[str, object] = {"rows": n, "make_folder_s": round(time.perf_counter() - t, 1),
+                              "load_at_start": round(os.getloadavg()[0], 1)}
+    t = time.perf_counter()
     features = RealFeatureLookup(conv_base, sorted((root / "distinct").iterdir()))
+    res["forward_s_per_image"] = round((time.perf_counter() - t) / distinct, 3)  # batches of 1
     out = root / "feats.h5"
     opts = Options(directory=root / "imgs", out=out, weights=str(WEIGHTS), progress=False)
-    res: dict[str, object] = {"rows": n, "make_folder_s": round(time.perf_counter() - t, 1)}
 
     s, sec, _ = timed(run, opts, features)
     res.update(first_extract_s=round(sec, 1), cache_mb=round(disk_bytes(out) / 1e6, 1),
