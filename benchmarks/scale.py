@@ -108,7 +108,7 @@ def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
     return result, elapsed, {k: after[k] - before[k] for k in ("write_bytes", "wchar")}
 
 
-def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: bool
+def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: list[str] | None
              ) -> dict[str, object]:
     from extractor.rowstore import compact, disk_bytes
     from extractor.runner import Options, lock_output, run
@@ -146,8 +146,8 @@ def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: bool
                cache_mb_after_add=round(disk_bytes(out) / 1e6, 1),
                add_1pct_images_per_s=round(s.images_per_s, 1))
 
-    if train:
-        res.update(train_head(out, root))
+    if train is not None:
+        res.update(train_head(out, root, train))
     gone = sorted((root / "imgs" / CLASSES[0]).iterdir())[: n // 100]
     for p in gone:
         p.unlink()
@@ -164,14 +164,15 @@ def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: bool
     return res
 
 
-def train_head(cache: Path, root: Path) -> dict[str, object]:
+def train_head(cache: Path, root: Path, extra: list[str]) -> dict[str, object]:
     """`train-head` with its defaults, in a child process: seconds and peak RSS."""
     import resource
     import subprocess
 
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "classifier.cli", "--cache", str(cache),
-                           "--out", str(root / "head"), "--quiet"], capture_output=True)
+                           "--out", str(root / "head"), "--quiet", *extra],
+                          capture_output=True)
     sec = time.perf_counter() - t
     if proc.returncode != 0:
         return {"train_head_error": proc.stderr.decode()[-500:]}
@@ -185,8 +186,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/featcache-scale"))
     ap.add_argument("--distinct", type=int, default=64)
     ap.add_argument("--keep", action="store_true", help="keep the folders and caches")
-    ap.add_argument("--train-head", action="store_true",
-                    help="also time train-head (defaults) on each cache, with its peak RSS")
+    ap.add_argument("--train-head", nargs="?", const="", default=None, metavar="ARGS",
+                    help="also time train-head on each cache, with its peak RSS (ARGS: extra "
+                    "flags, e.g. '--cv-rows 10000')")
     args = ap.parse_args()
     from extractor.backbone import ConvBase
     from extractor.features import DEFAULT_POOLED_LAYERS
@@ -195,7 +197,8 @@ def main() -> None:
     conv_base = ConvBase(WEIGHTS, pooled_layers=DEFAULT_POOLED_LAYERS)
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
-        res = one_size(n, args.work, args.distinct, conv_base, args.train_head)
+        train = None if args.train_head is None else args.train_head.split()
+        res = one_size(n, args.work, args.distinct, conv_base, train)
         print(json.dumps(res), flush=True)
         results.append(res)
         if not args.keep:
