@@ -10,7 +10,7 @@ For each size N (default 10,000 and 100,000) in a folder of its own under --work
 3. re-run on the unchanged folder: seconds and files/s (a scan of file metadata only);
 4. add 1% new files (each with bytes of its own: a forward pass each) and re-run: seconds,
    bytes the process wrote (/proc/self/io write_bytes, and wchar: bytes passed to write()),
-   the cache's size on disk before and after;
+   the cache's size on disk before and after; then the same for 10 new files;
 5. delete 1% and re-run (dead rows), then `featcache compact`: seconds, bytes written.
 
 Prints one JSON line per size and a table. Extraction runs in this process (runner.run), so the
@@ -146,6 +146,12 @@ def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: list[str]
                cache_mb_after_add=round(disk_bytes(out) / 1e6, 1),
                add_1pct_images_per_s=round(s.images_per_s, 1))
 
+    add_new(root, 10, sources, "ten")
+    size_before = disk_bytes(out)
+    s, sec, w = timed(run, opts, features)
+    assert s.extracted == 10, s
+    res.update(add_10_s=round(sec, 2), add_10_wchar_mb=round(w["wchar"] / 1e6, 2),
+               add_10_share_of_cache=round(w["wchar"] / size_before, 4))
     if train is not None:
         res.update(train_head(out, root, train))
     gone = sorted((root / "imgs" / CLASSES[0]).iterdir())[: n // 100]
