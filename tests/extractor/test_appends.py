@@ -322,3 +322,22 @@ def test_an_appended_cache_reads_in_xarray_with_named_dimensions(tmp_path: Path)
     with open_cache(out) as c:
         np.testing.assert_array_equal(features, c.read()[0])
         assert len(c) == 8 and not np.isnan(features).any()
+
+
+def test_compact_is_refused_while_an_extract_holds_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from extractor import locking
+
+    folder = _folder(tmp_path, per_class=2)
+    out = tmp_path / "f.h5"
+    run(opts(folder, out), features_fn=fake_features)
+    _add(folder, "cat", range(1))
+    run(opts(folder, out), features_fn=fake_features)
+    before = {p.name: _digest(p) for p in [out, *rows_dir(out).iterdir()]}
+    with locking.exclusive(out):
+        assert cli.main(["compact", str(out)]) == 1
+    assert "being written by another extract" in capsys.readouterr().err
+    assert {p.name: _digest(p) for p in [out, *rows_dir(out).iterdir()]} == before
+    assert cli.main(["compact", str(tmp_path / "missing.h5")]) == 1
+    assert "no such cache file" in capsys.readouterr().err
