@@ -274,9 +274,9 @@ def plan_layout(
     dead = sum(dead_in.values())
     on_disk = stored + len(keep) - len(stay)
     order = sorted(stay, key=lambda k: (k.row.source, k.row.index))
-    if on_disk and (dead / on_disk > dead_share
+    rewrite = {s for s, n in dead_in.items() if n > 0}
+    if rewrite and (dead / on_disk > dead_share
                     or _mappings([k.row for k in order]) + 1 > max_mappings):
-        rewrite = {s for s, n in dead_in.items() if n > 0}
         logger.info("compacting: %d of %d rows on disk are dead; rewriting the %d row files "
                     "that hold them", dead, on_disk, len(rewrite))
         names = [srcs.keepable[s][0] or "cache" for s in sorted(rewrite)]
