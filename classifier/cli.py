@@ -119,6 +119,13 @@ def build_train_parser(prog: str = "train-head") -> argparse.ArgumentParser:
     p.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
                    help="weight classes inversely to their frequency (default: %(default)s)")
     g = p.add_argument_group("logreg and svm")
+    g.add_argument("--memory-gb", type=_positive_float, default=2.0,
+                   help="memory for the features a fit holds (default: %(default)s): the final "
+                   "fit uses every training row that fits, else the largest stratified sample "
+                   "that does (stated in the summary and the head's metadata)")
+    g.add_argument("--cv-rows", type=_positive_int, default=50_000,
+                   help="cross-validation scores its settings on a stratified sample of at "
+                   "most this many rows (default: %(default)s)")
     g.add_argument("--C", type=_positive_float, default=None,
                    help="inverse regularisation strength (default: chosen by --cv; with --cv 0, "
                    "0.03 logreg, 10 svm)")
@@ -200,7 +207,8 @@ def _train(argv: list[str] | None, prog: str) -> int:
     try:
         path = train(args.cache, out, head=args.head, val_cache=args.val_cache,
                      val_split=args.val_split, seed=args.seed, params=_head_params(args),
-                     overwrite=args.force, cv=args.cv, tta=args.tta)
+                     overwrite=args.force, cv=args.cv, tta=args.tta,
+                     memory_bytes=int(args.memory_gb * 1e9), cv_rows=args.cv_rows)
     except (ValueError, RuntimeError, OSError) as exc:  # DataError, SpecMismatchError, CacheError
         return console.fail(prog, exc)
     summary = train_summary(path, read_metadata(path))
@@ -223,6 +231,7 @@ def train_summary(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
             "params": {k: v for k, v in best["params"].items() if k in ("C", "layers")},
             "cv_accuracy_mean": best["cv_accuracy_mean"],
             "cv_accuracy_std": best["cv_accuracy_std"],
+            "rows": selection.get("rows"),
         }
     data, metrics = meta["data"], meta["metrics"]
     return {
@@ -230,6 +239,7 @@ def train_summary(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "features": meta["features"], "views": meta.get("views"), "tta": meta.get("tta"),
         "selection": chosen,
         "train": {"images": data["train_images"], "rows": data["train_size"],
+                  "fit_rows": data.get("fit_rows", data["train_size"]),
                   "accuracy": metrics["train"]["accuracy"]},
         "validation": {"images": data["validation_size"], "source": data["validation"],
                        "accuracy": metrics["validation"]["accuracy"]},
@@ -247,10 +257,13 @@ def format_train_summary(s: dict[str, Any]) -> str:
     if s["selection"]:
         c = s["selection"]
         lines.append(f"selection:  {c['candidates']} settings, {c['folds']}-fold CV on the "
-                     f"training cache; chosen {c['kind']} {c['params']}: CV accuracy "
+                     f"training cache ({c['rows']} rows); chosen {c['kind']} {c['params']}: "
+                     f"CV accuracy "
                      f"{c['cv_accuracy_mean']:.4f} ± {c['cv_accuracy_std']:.4f}")
-    lines.append(f"train:      {s['train']['images']} images ({s['train']['rows']} rows), "
-                 f"accuracy {s['train']['accuracy']:.4f}, {s['train_seconds']:.1f}s")
+    sample = ("" if s["train"]["fit_rows"] == s["train"]["rows"] else
+              f", fitted on a stratified sample of {s['train']['fit_rows']} rows (--memory-gb)")
+    lines.append(f"train:      {s['train']['images']} images ({s['train']['rows']} rows{sample}),"
+                 f" accuracy {s['train']['accuracy']:.4f}, {s['train_seconds']:.1f}s")
     lines.append(f"validation: {s['validation']['images']} images, accuracy "
                  f"{s['validation']['accuracy']:.4f}")
     return "\n".join(lines)

@@ -11,15 +11,24 @@ from typing import Any
 import numpy as np
 
 from classifier.artifact import check_replaceable, save_head
-from classifier.data import Subset, training_data
+from classifier.data import Subset, TrainingData, training_data
 from classifier.dense import DenseHead
 from classifier.errors import DataError
 from classifier.heads import Head
 from classifier.metrics import classification_metrics
 from classifier.registry import HEADS, make_head
+from classifier.sampling import (
+    COPIES,
+    CV_ROWS,
+    MEMORY_BYTES,
+    floats_per_row,
+    rows_within,
+    stratified_sample,
+)
 from classifier.selection import (
     DEFAULT_FOLDS,
     SELECTABLE,
+    Candidate,
     candidates,
     choose,
     cross_validate,
@@ -50,6 +59,8 @@ def train(
     stream_above_bytes: int = STREAM_ABOVE_BYTES,
     cv: int = DEFAULT_FOLDS,
     tta: bool = True,
+    memory_bytes: int = MEMORY_BYTES,
+    cv_rows: int = CV_ROWS,
 ) -> Path:
     """Train a head on `cache_path`; return the artifact's path.
 
@@ -63,7 +74,10 @@ def train(
     otherwise a stratified hold-out of `val_split` of the training cache, drawn with `seed`;
     it is measured once, after training, never used to choose. With a cache of augmented
     views the head averages its probabilities over each image's views (`tta`;
-    `classifier.views`). Raises `DataError`, `extractor.SpecMismatchError` or
+    `classifier.views`). Memory stays bounded (`classifier.sampling`): cross-validation runs
+    on a stratified sample of at most `cv_rows` rows, and the final fit on every row when its
+    features fit `memory_bytes`, else on the largest stratified sample that does (both stated
+    in the metadata, `data`). Raises `DataError`, `extractor.SpecMismatchError` or
     `extractor.CacheError` (with a one-line message) for unusable input.
     """
     check_replaceable(Path(out_dir), overwrite)  # before training, not after
@@ -79,18 +93,21 @@ def train(
 
     selection: dict[str, Any] | None = None
     kind = head
+    cv_set = data.train
     if head in SELECTABLE and cv:
-        cv = usable_folds(data.train, cv)
+        cv_set = _cv_sample(data, candidates(head, params, data.spec), cv_rows, memory_bytes, seed)
+        cv = usable_folds(cv_set, cv)
     if head in SELECTABLE and cv:
         cands = candidates(head, params, data.spec)
         if len(cands) > 1:
-            scores = cross_validate(cands, data.train, data.spec, cv, seed, averaging)
+            scores = cross_validate(cands, cv_set, data.spec, cv, seed, averaging)
             best = choose(scores)
             kind, params = best.candidate.kind, dict(best.candidate.params)
             selection = {
                 "method": "stratified k-fold cross-validation over images "
                           "(all views of an image in one fold)",
                 "folds": cv, "seed": seed, "metric": "accuracy over images",
+                "rows": len(cv_set), "sampled": cv_set is not data.train,
                 "averaged_over_views": averaging,
                 "chosen": best.to_dict(),
                 "candidates": [s.to_dict() for s in scores],
@@ -115,7 +132,7 @@ def train(
     val_plain = data.validation.take(np.flatnonzero(data.validation.views == 0))
     reads_maps = model.feature_names_ == [data.spec.layer]
     streamed = (isinstance(model, DenseHead) and reads_maps
-                and data.train.nbytes > stream_above_bytes)
+                and data.train.nbytes > min(stream_above_bytes, memory_bytes // COPIES))
     if streamed:
         from classifier.streaming import CacheBatches
 
@@ -124,10 +141,17 @@ def train(
             CacheBatches(data.train, bs, shuffle=True, seed=seed), None,
             validation_data=(CacheBatches(val_plain, 256, shuffle=False, seed=seed), None),
         )
-    else:
-        names = model.feature_names_
-        X, y = data.train.load(model.reduce, names)
-        Xv, yv = val_plain.load(model.reduce, names)
+    fit_set = data.train
+    if not streamed:
+        fit_names = model.feature_names_
+        fit_rows = rows_within(memory_bytes, floats_per_row(data.spec, list(fit_names or [])))
+        fit_set = stratified_sample(data.train, fit_rows, seed)
+        if fit_set is not data.train:
+            logger.warning("the training set's features exceed the memory limit (%.1f GB): "
+                           "fitting on a stratified sample of %d of its %d rows",
+                           memory_bytes / 1e9, len(fit_set), len(data.train))
+        X, y = fit_set.load(model.reduce, fit_names)
+        Xv, yv = stratified_sample(val_plain, fit_rows, seed).load(model.reduce, fit_names)
         model.fit(X, y, validation_data=(Xv, yv))
     train_seconds = time.perf_counter() - start
 
@@ -153,6 +177,9 @@ def train(
             "validation_size": int(np.sum(data.validation.views == 0)),
             "validation_class_counts": val_plain.class_counts(k),
             "streamed": streamed,
+            "fit_rows": len(fit_set),
+            "fit_sampled": fit_set is not data.train,
+            "memory_limit_bytes": int(memory_bytes),
         },
         "features": list(model.feature_names_ or []),
         "views": views.to_dict() if views else None,
@@ -164,6 +191,16 @@ def train(
         extra["best_epoch"] = int(model.best_epoch_)
     return save_head(model, out_dir, spec=data.spec, class_names=data.class_names,
                      metrics=metrics, extra=extra, overwrite=overwrite)
+
+
+def _cv_sample(data: TrainingData, cands: list[Candidate], cv_rows: int, memory_bytes: int,
+               seed: int) -> Subset:
+    """The rows cross-validation scores on: a stratified sample of at most `cv_rows` whose
+    features (every candidate's) fit `memory_bytes`."""
+    names = list(dict.fromkeys(n for c in cands
+                               for n in make_head(c.kind, **c.params).use_features(data.spec)))
+    limit = min(cv_rows, rows_within(memory_bytes, floats_per_row(data.spec, names)))
+    return stratified_sample(data.train, limit, seed)
 
 
 def _default_layers(spec: FeatureSpec) -> list[str]:

@@ -333,6 +333,13 @@ def missing_sources(f: h5py.File, path: Path) -> list[Path]:
 
 
 def lost_sources_message(path: Path, missing: Sequence[Path]) -> str:
+    if path.with_name(path.name + ".rows") in {m.parent for m in missing}:
+        return (
+            f"{path} keeps its rows in row files in {path.name}.rows/, and {len(missing)} of "
+            f"them cannot be read (first: {missing[0]}); its features would read back as NaN. "
+            f"Keep the cache next to its {path.name}.rows folder (or delete the cache to "
+            "rebuild it)"
+        )
     return (
         f"{path} is a merged cache whose rows live in shard files, and {len(missing)} of them "
         f"cannot be read (first: {missing[0]}); its features would read back as NaN. Keep the "
@@ -433,7 +440,7 @@ def _read_stats(group: h5py.Group, prefix: str, n: int) -> list[FileStat]:
         return [UNKNOWN] * n
     sizes = group[f"{prefix}file_size"][:].tolist()
     mtimes = group[f"{prefix}file_mtime_ns"][:].tolist()
-    return [FileStat(int(a), int(b)) for a, b in zip(sizes, mtimes, strict=True)]
+    return list(map(FileStat._make, zip(sizes, mtimes, strict=True)))
 
 
 #: netCDF-4's mark of a dimension scale that holds no coordinate values: xarray (h5netcdf) and
@@ -653,7 +660,10 @@ class Staging:
             for name, (dataset, shape) in feature_datasets(self.spec).items():
                 rows = (np.stack([row[name] for row in cp.features]) if cp.features
                         else np.zeros((0, *shape), np.float32))
-                f.create_dataset(dataset, data=rows)  # small and short-lived: not compressed
+                # Compressed as in the cache: what an append writes is counted (issue 19).
+                ds = _create_dataset(f, dataset, len(rows), shape)
+                if len(rows):
+                    ds[:] = rows
             for name in ("paths", "sha256", "dup_paths", "dup_sha256", "skip_paths",
                          "skip_reasons"):
                 _write_strings(f, name, getattr(cp, name))
@@ -683,115 +693,6 @@ class _Row:
     view: int
     source: int  # index into the list of open source files
     index: int  # row in that source's features
-
-
-@dataclasses.dataclass
-class _Entry:
-    """The latest word on one file among the sources: its rows, a duplicate, or a skip."""
-
-    kind: str  # "row", "dup" or "skip"
-    sha256: str = ""
-    stat: FileStat = UNKNOWN
-    reason: str = ""
-    views: dict[int, _Row] = dataclasses.field(default_factory=dict)
-
-
-def _views(f: h5py.File) -> NDArray[np.int16]:
-    n = f["features"].shape[0]
-    return np.asarray(f["view"][:], np.int16) if "view" in f else np.zeros(n, np.int16)
-
-
-def consolidate(
-    cache_path: Path,
-    staging: Staging,
-    labels: Mapping[str, int],
-    class_names: Sequence[str],
-    extra_attrs: Mapping[str, Any],
-    verified: Mapping[str, FileStat] | None = None,
-) -> tuple[int, list[tuple[str, str]]]:
-    """Fold the previous cache and the checkpoints into a new cache file, atomically.
-
-    `labels` maps every path that belongs in the cache (the folder as scanned now) to its label;
-    rows for files no longer in the folder are dropped. For each file the latest source wins
-    (the cache, then the checkpoints in order), whether it gives rows, a duplicate or a skip.
-    `verified` gives fresh stats of files checked unchanged since they were recorded. Returns
-    (images, skipped files); with augmented views an image has several rows.
-    """
-    sources: list[h5py.File] = []
-    entries: dict[str, _Entry] = {}
-    by_sha: dict[tuple[str, int], _Row] = {}
-
-    def add_rows(f: h5py.File) -> None:
-        sources.append(f)
-        src = len(sources) - 1
-        paths, shas, views = _strings(f["paths"]), _strings(f["sha256"]), _views(f)
-        stats = _read_stats(f, "", len(paths))
-        fresh: dict[str, _Entry] = {}
-        for i, (p, s, v) in enumerate(zip(paths, shas, views.tolist(), strict=True)):
-            row = _Row(p, s, v, src, i)
-            fresh.setdefault(p, _Entry("row", s, stats[i])).views[v] = row
-            # Features are found by content, also those of a row a newer one replaces: after
-            # `mv a b` and a new `a`, b's features are the old a's row (issue 11, item 6).
-            by_sha.setdefault((s, v), row)
-        entries.update(fresh)
-
-    try:
-        if cache_path.exists():
-            add_rows(h5py.File(cache_path, "r"))
-        for part in staging.parts():
-            f = h5py.File(part, "r")
-            add_rows(f)
-            dups = _strings(f["dup_paths"])
-            for p, s, st in zip(dups, _strings(f["dup_sha256"]), _read_stats(f, "dup_", len(dups)),
-                                strict=True):
-                entries[p] = _Entry("dup", s, st)
-            skips = _strings(f["skip_paths"])
-            for p, r, st in zip(skips, _strings(f["skip_reasons"]),
-                                _read_stats(f, "skip_", len(skips)), strict=True):
-                entries[p] = _Entry("skip", stat=st, reason=r)
-
-        keep: list[tuple[str, _Row, FileStat]] = []
-        skip_keep: list[tuple[str, str]] = []
-        for p in sorted(labels):
-            entry = entries.get(p)
-            if entry is None:
-                continue
-            if entry.kind == "skip":
-                skip_keep.append((p, entry.reason))
-                continue
-            if entry.kind == "dup":
-                for v in range(staging.augment.views + 1):
-                    if (entry.sha256, v) not in by_sha:
-                        raise CacheError(f"checkpoint in {staging.dir} names a duplicate of {p} "
-                                         f"whose features are missing; delete that directory "
-                                         f"and rerun")
-                    entry.views[v] = by_sha[(entry.sha256, v)]
-            stat = (verified or {}).get(p, entry.stat)
-            keep.extend((p, entry.views[v], stat) for v in sorted(entry.views))
-        dropped = sum(1 for p, e in entries.items() if e.kind != "skip" and p not in labels)
-        if dropped:
-            logger.info("dropping the rows of %d files that are gone from the folder", dropped)
-        spec = staging.spec
-        with atomic_h5(cache_path) as out:
-            _set_attrs(out, spec, class_names, {**extra_attrs, **staging.augment.to_attrs()})
-            n = len(keep)
-            rows = [row for _, row, _ in keep]
-            for path, shape in feature_datasets(spec).values():
-                _copy_rows(_create_dataset(out, path, n, shape), rows, sources, path)
-            out.create_dataset("labels", data=np.array([labels[p] for p, _, _ in keep], np.int32))
-            _write_strings(out, "paths", [p for p, _, _ in keep])
-            _write_strings(out, "sha256", [row.sha256 for _, row, _ in keep])
-            out.create_dataset("view", data=np.array([row.view for _, row, _ in keep], np.int16))
-            _write_stats(out, "", [st for _, _, st in keep])
-            grp = out.create_group("skipped")
-            _write_strings(grp, "paths", [p for p, _ in skip_keep])
-            _write_strings(grp, "reasons", [r for _, r in skip_keep])
-            label_dims(out, spec)
-    finally:
-        for f in sources:
-            f.close()
-    staging.clear()
-    return len({p for p, _, _ in keep}), skip_keep
 
 
 def _copy_rows(

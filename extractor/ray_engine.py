@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
+from extractor import rowstore
 from extractor import shards as sh
 from extractor.runner import (
     ExtractError,
@@ -159,6 +160,9 @@ def _run(opts: Options, ray_opts: RayOptions) -> Summary:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
     prior = sh.load_shards(sdir, spec)
+    if opts.out.exists() and rowstore.is_index(opts.out):
+        # A cache a local run appended to: made self-contained, it counts as a shard below.
+        rowstore.compact(opts.out)
     base: sh.Shard | None = None
     if opts.out.exists() and not sh.is_virtual(opts.out):
         base = sh.read_shard(opts.out, spec)  # a self-contained cache: its rows count as done

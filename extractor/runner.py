@@ -30,11 +30,11 @@ from extractor.cache import (
     Checkpoint,
     Staging,
     as_features,
-    consolidate,
     open_cache,
 )
 from extractor.features import DEFAULT_POOLED_LAYERS, Features
 from extractor.images import ImageError, decode_image
+from extractor.rowstore import consolidate
 from extractor.runtimes.int8 import Int8Error
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
@@ -292,9 +292,13 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     staged, part_shas = staging.contents()
     todo: list[str] = []
     verified: dict[str, FileStat] = {}
+    root = str(listing.root)
     for path in listing.labels:
         entry = staged.get(path)
         recorded: tuple[str | None, FileStat, int | None]
+        if entry is None and path in previous and _stat_matches(f"{root}/{path}",
+                                                                previous[path][1]):
+            continue  # the common case, kept cheap: one stat per file (issue 19, item 2)
         if entry is not None:
             recorded = (entry.sha256 or None, entry.stat, None)
         elif path in previous:
@@ -352,6 +356,17 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
             summary.total, summary.skipped = cache.n_images, cache.skipped
     summary.elapsed_s = time.perf_counter() - t0
     return summary
+
+
+def _stat_matches(file: str, recorded: FileStat) -> bool:
+    """Same size and known, same mtime as recorded (`FileStat.matches`), without a Path."""
+    if recorded.mtime_ns < 0:
+        return False
+    try:
+        st = os.stat(file)
+    except OSError:
+        return False
+    return st.st_size == recorded.size and st.st_mtime_ns == recorded.mtime_ns
 
 
 def _unchanged(

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "serve heads over HTTP"),
     "info": ("featcache.cli", "build_info_parser", "info_main",
              "describe a feature cache or a head"),
+    "compact": ("extractor.compact_cli", "build_parser", "main",
+                "rewrite an appended-to cache as one file, reclaiming dead rows"),
 }
 
 EPILOG = """\

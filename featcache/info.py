@@ -143,6 +143,11 @@ def describe_cache(path: Path) -> dict[str, Any]:
     }
 
 
+def _source_kind(d: dict[str, Any]) -> str:
+    """`row` for the row files of an appended-to cache, `shard` for a Ray merge's shards."""
+    return "row" if any(ds["name"] == "row_file" for ds in d["datasets"]) else "shard"
+
+
 def _dtype(ds: Any) -> str:
     import h5py
 
@@ -176,7 +181,8 @@ def _format_cache(d: dict[str, Any]) -> str:
         *([f"int8:       weights {d.get('int8_weights') or 'not recorded'}, made on "
            f"{d.get('cpu') or 'an unrecorded CPU'}"] if spec["quantized_sha256"] else []),
         f"engine:     {d['engine']}"
-        + (f" ({d['shards']['files']} shard files, {len(d['shards']['missing'])} missing)"
+        + (f" ({d['shards']['files']} {_source_kind(d)} files, "
+           f"{len(d['shards']['missing'])} missing)"
            if d["shards"] else ""),
         "datasets:",
     ]

@@ -305,3 +305,34 @@ def test_merge_maps_every_pooled_dataset_onto_the_shards(tmp_path: Path) -> None
         got = c.read_named(list(a))
     for name in a:
         np.testing.assert_array_equal(got[name], expected[name])
+
+
+@pytest.mark.slow
+def test_ray_engine_on_a_cache_a_local_run_appended_to(
+    local_ray: Any, elpv_dir: Path, weights_path: Path, tmp_path: Path
+) -> None:
+    """The Ray engine compacts an appended-to cache (issue 19) before it uses it as a shard:
+    nothing is extracted twice and no row file is left behind."""
+    from extractor import ray_engine
+    from extractor.rowstore import rows_dir
+    from extractor.runner import run
+
+    images = _folder(elpv_dir, tmp_path / "images", 2)
+    common = dict(directory=images, weights=str(weights_path), runtime="keras", progress=False)
+    out = tmp_path / "f.h5"
+    run(Options(out=out, **common))  # type: ignore[arg-type]
+    late = sorted((elpv_dir / "validation" / "functional").iterdir())[:2]
+    shutil.copy(late[0], images / "functional" / late[0].name)
+    run(Options(out=out, **common))  # type: ignore[arg-type]
+    assert rows_dir(out).is_dir()  # an index over row files now
+
+    shutil.copy(late[1], images / "functional" / late[1].name)
+    summary = ray_engine.run(Options(out=out, **common),  # type: ignore[arg-type]
+                             ray_engine.RayOptions(actors=1))
+    assert (summary.extracted, summary.already_cached) == (1, 9)
+    assert not rows_dir(out).exists()
+    reference = tmp_path / "ref.h5"
+    run(Options(out=reference, **common))  # type: ignore[arg-type]
+    with open_cache(out) as r, open_cache(reference) as lo:
+        assert r.paths == lo.paths and r.sha256 == lo.sha256 and len(r) == 7
+        np.testing.assert_allclose(r.read()[0], lo.read()[0], rtol=1e-5, atol=1e-4)
