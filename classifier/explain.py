@@ -2,20 +2,20 @@
 
 Two methods, picked by what the head reads (callers never branch on the head's kind):
 
-- Heads on pooled vectors (logreg, svm; dense heads given `layers=`): gradient x activation.
-  The gradient of the chosen class's score with respect to the pooled vector is taken through
-  the head (logistic regression's coefficients, the SVM's kernel expansion, or a Keras dense
-  head's own gradient) and its scaling (standardisation, l2 normalisation, the square root's
-  derivative), then through the pooling to each location of the tapped maps: average pooling
-  shares a channel's gradient over every location, max pooling gives it to the argmax. Each
-  location's contribution is the sum over channels of gradient x activation. For a linear head
-  on average-pooled, unscaled vectors the contributions add up exactly to the score less its
-  intercept and the scaler's offset. No TensorFlow for scikit-learn heads: numpy on the maps
-  the forward pass already made.
-- Keras heads on maps (dense on a layer's maps, finetune): Grad-CAM (Selvaraju et al., 2017)
-  on the last convolution the head has (block5_conv3 for finetune), else on its input maps:
-  channel weights are the spatial mean of the score's gradient, the map is the ReLU of the
-  weighted sum of channels.
+- scikit-learn heads (logreg, svm): gradient x activation. The gradient of the chosen class's
+  score with respect to the pooled vector is taken through the head (logistic regression's
+  coefficients, the SVM's kernel expansion) and its scaling (standardisation, l2
+  normalisation, the square root's derivative), then through the pooling to each location of
+  the tapped maps: average pooling shares a channel's gradient over every location, max pooling
+  gives it to the argmax. Each location's contribution is the sum over channels of gradient x
+  activation. For a linear head on average-pooled, standardised vectors the contributions add
+  up exactly to the score less its intercept and the scaler's offset. Numpy only, on the maps
+  the forward pass already made: no TensorFlow.
+- Keras heads (dense, finetune): Grad-CAM (Selvaraju et al., 2017), with tf.GradientTape: on
+  the last convolution the head has (block5_conv3 for finetune), else on the maps it reads or
+  pools (a dense head on pooled vectors: each tapped layer's maps, the gradient taken through
+  the pooling as above). Channel weights are the spatial mean of the score's gradient; the map
+  is the ReLU of the weighted sum of channels.
 
 The score is the class's logit (for two classes, the logit of the second, negated for the
 first), not its probability, so a confident prediction does not flatten the gradients.
@@ -130,14 +130,19 @@ def contributions(head: Head, feature_names: Sequence[str],
         g = keras_gradient(head.model_, v, column)
     else:
         raise ExplainError(f"cannot explain a {head.kind} head")
-    out: dict[str, NDArray[np.float64]] = {}
+    # The score's gradient with respect to each tapped layer's maps, through the pooling.
+    grads: dict[str, NDArray[np.float64]] = {}
     start = 0
     for (_, layer, how), vec in zip(parts, vectors, strict=True):
         a = np.asarray(maps[layer], np.float64)
-        gk = g[start:start + vec.size]
+        d = _map_gradient(a, g[start:start + vec.size], how)
         start += vec.size
-        out[layer] = out.get(layer, 0.0) + _to_locations(a, gk, how)
-    return out, GRADIENT_X_ACTIVATION
+        grads[layer] = grads[layer] + d if layer in grads else d
+    acts = {layer: np.asarray(maps[layer], np.float64) for layer in grads}
+    if isinstance(head, DenseHead):  # Keras: Grad-CAM on the maps it pools
+        return {layer: _cam(acts[layer], d) for layer, d in grads.items()}, GRAD_CAM
+    return {layer: (d * acts[layer]).sum(axis=2) for layer, d in grads.items()}, \
+        GRADIENT_X_ACTIVATION
 
 
 def _pooled(a: NDArray[np.float32], how: str | None) -> NDArray[np.float32]:
@@ -148,20 +153,24 @@ def _pooled(a: NDArray[np.float32], how: str | None) -> NDArray[np.float32]:
     return a.max(axis=(0, 1))
 
 
-def _to_locations(a: NDArray[np.float64], g: NDArray[np.float64],
+def _map_gradient(a: NDArray[np.float64], g: NDArray[np.float64],
                   how: str | None) -> NDArray[np.float64]:
-    """Gradient x activation per location of (h, w, C) maps, given the gradient with respect
-    to their pooled vector (C,) (or to the flattened maps, `how` None)."""
+    """The gradient with respect to (h, w, C) maps, given the one with respect to their pooled
+    vector (C,) (or to the flattened maps, `how` None): average pooling shares it over every
+    location, max pooling gives it to the location each channel's maximum came from."""
     h, w, c = a.shape
     if how is None:
-        return (g.reshape(h, w, c) * a).sum(axis=2)
+        return g.reshape(h, w, c)
     if how == "avg":
-        return (a @ g) / (h * w)
-    flat = a.reshape(h * w, c)
-    at = flat.argmax(axis=0)  # the location each channel's maximum came from
-    out = np.zeros(h * w)
-    np.add.at(out, at, g * flat[at, np.arange(c)])
-    return out.reshape(h, w)
+        return np.broadcast_to(g / (h * w), (h, w, c)).copy()
+    out = np.zeros((h * w, c))
+    out[a.reshape(h * w, c).argmax(axis=0), np.arange(c)] = g
+    return out.reshape(h, w, c)
+
+
+def _cam(acts: NDArray[np.float64], grads: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Grad-CAM: channels weighted by their gradient's spatial mean, summed, ReLU."""
+    return np.maximum(acts @ grads.mean(axis=(0, 1)), 0.0)
 
 
 def sklearn_gradient(head: Any, v: NDArray[np.float64], column: int) -> NDArray[np.float64]:
@@ -261,10 +270,7 @@ def grad_cam(model: Any, maps: NDArray[np.float32], column: int,
             a, hidden = sub(x, training=False)
         score = _score(last, hidden, column)
     grads = np.asarray(tape.gradient(score, a), np.float64)[0]
-    acts = np.asarray(a, np.float64)[0]
-    weights = grads.mean(axis=(0, 1))
-    cam = np.maximum(acts @ weights, 0.0)
-    return {target or layer: cam}
+    return {target or layer: _cam(np.asarray(a, np.float64)[0], grads)}
 
 
 def _interpolation(cells: int, stride: int, size: int) -> NDArray[np.float64]:

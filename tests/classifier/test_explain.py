@@ -153,7 +153,8 @@ def test_unmake_view_undoes_make_view(mode: str, views: int) -> None:
 @pytest.fixture(scope="module")
 def pattern_set(conv_base, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """24 training and 20 validation images per class of the synthetic pattern set, extracted
-    with the real weights, and a logreg and a dense head trained on them."""
+    with the real weights, and a logreg and a dense (Keras) head trained on them, both on the
+    pooled vectors of block3-5."""
     from classifier.training import train
     from extractor.runner import Options, run
 
@@ -166,7 +167,7 @@ def pattern_set(conv_base, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     logreg = train(root / "train.h5", root / "logreg", head="logreg", val_cache=root / "val.h5",
                    params={"layers": LAYERS, "C": 0.03})
     dense = train(root / "train.h5", root / "dense", head="dense", val_cache=root / "val.h5",
-                  params={"pooling": "max", "epochs": 60, "patience": 10})
+                  params={"layers": LAYERS, "pooling": "avgmax", "epochs": 60, "patience": 10})
     return {"root": root, "places": places, "logreg": logreg, "dense": dense}
 
 
@@ -245,7 +246,8 @@ def test_explain_command(pattern_set: dict, tmp_path: Path,
         assert item["image"] == image and item["method"] == GRADIENT_X_ACTIVATION
         grid = np.load(item["grid"])
         assert grid.shape == (150, 150) and grid.dtype == np.float32
-        assert Image.open(item["overlay"]).size == (150, 150)
+        with Image.open(item["overlay"]) as overlay:
+            assert overlay.size == (150, 150)
         assert hits(grid, pattern_set["places"][rels[images.index(image)]])
     assert sorted(p.name for p in out.iterdir()) == ["0000.npy", "0000.png", "0001.npy",
                                                      "0001.png"]

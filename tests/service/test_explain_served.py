@@ -26,14 +26,17 @@ def _grid(body: dict) -> np.ndarray:  # type: ignore[type-arg]
 def test_predict_explain_matches_the_python_api(
     real_client: TestClient, head_dir: Path, second_head_dir: Path, elpv_images: list[Path],
 ) -> None:
-    """Explained and plain answers agree; the grid is the Python API's (to 4 significant
-    digits), for the logreg head (three layers' vectors) and the svm head (rbf kernel)."""
+    """Explained and plain answers agree (the explained request's features are cached: the
+    plain one after it hits); the grid is the Python API's (to 4 significant digits), for the
+    logreg head (three layers' vectors) and the svm head (rbf kernel)."""
     for head, path in ((head_dir, elpv_images[0]), (second_head_dir, elpv_images[-1])):
-        files = {"file": (path.name, path.read_bytes())}
-        plain = real_client.post(f"/predict?head={head.name}", files=files)
+        # Bytes no other test uploads (a trailing byte PNG decoders ignore).
+        files = {"file": (path.name, path.read_bytes() + b"explain")}
         explained = real_client.post(f"/predict?head={head.name}&explain=true", files=files)
+        plain = real_client.post(f"/predict?head={head.name}", files=files)
         assert plain.status_code == 200 and explained.status_code == 200, explained.text
         assert plain.json()["explanation"] is None
+        assert explained.json()["cached"] is False and plain.json()["cached"] is True
         body = explained.json()
         assert body["label"] == plain.json()["label"]
         for c, p in plain.json()["probabilities"].items():
