@@ -75,7 +75,7 @@ class Explanation:
 
     def overlay_png(self) -> bytes:
         buf = io.BytesIO()
-        self.overlay.save(buf, format="PNG", optimize=True)
+        self.overlay.save(buf, format="PNG", compress_level=3)  # optimize: slower, no smaller
         return buf.getvalue()
 
     def to_json(self) -> dict[str, Any]:

@@ -124,6 +124,38 @@ def test_upsampling_puts_a_cell_on_the_pixels_it_covers() -> None:
     np.testing.assert_allclose(grid.sum(), 1.0, rtol=1e-9)
 
 
+def test_grad_cam_on_a_keras_head() -> None:
+    """Grad-CAM of the logit, not the probability: for average pooling into one sigmoid unit
+    it is exactly ReLU(maps . kernel / locations), negated for the first class; a head with
+    block5_conv3 (finetune) is looked at there."""
+    import keras
+
+    from classifier.explain import grad_cam
+
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((4, 4, 6))
+    out = keras.layers.Dense(1, activation="sigmoid", name="probability")(
+        keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, out)
+    maps = _maps(rng, 1, h=4)[0] * 10  # saturates the sigmoid: the logit's gradient does not
+    kernel = model.layers[-1].get_weights()[0][:, 0]
+    for column, sign in ((1, 1.0), (0, -1.0)):
+        cam = grad_cam(model, maps, column, "block5_pool")
+        np.testing.assert_allclose(cam["block5_pool"],
+                                   np.maximum(sign * (maps @ kernel) / 16, 0), rtol=1e-4,
+                                   atol=1e-6)
+
+    inputs = keras.Input((9, 9, 8))
+    x = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="block5_conv3")(inputs)
+    x = keras.layers.Dense(3, activation="relu")(keras.layers.Flatten()(
+        keras.layers.MaxPooling2D()(x)))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    cam = grad_cam(model, _maps(rng, 1, h=9, c=8)[0], 2, "block4_pool")
+    assert list(cam) == ["block5_conv3"] and cam["block5_conv3"].shape == (9, 9)
+    assert (cam["block5_conv3"] >= 0).all()
+    assert to_image(cam, 150).shape == (150, 150)
+
+
 @pytest.mark.parametrize("mode,views", [("flips", 1), ("dihedral", 7), ("recipe", 3)])
 def test_unmake_view_undoes_make_view(mode: str, views: int) -> None:
     """A heatmap drawn on a view, mapped back, lies where the view took those pixels from."""
