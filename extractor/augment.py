@@ -112,13 +112,29 @@ def augment(
     """One random view of a (H, W, 3) uint8 image, same shape."""
     from scipy import ndimage
 
-    h, w = pixels.shape[:2]
+    m, flip = recipe_transform(pixels.shape[:2], rng, params)
+    src = pixels.astype(np.float32)
+    out = np.empty_like(src)
+    for c in range(src.shape[2]):
+        out[..., c] = ndimage.affine_transform(src[..., c], m[:2, :2], offset=m[:2, 2],
+                                               order=1, mode="nearest")
+    if flip:
+        out = out[:, ::-1]
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def recipe_transform(
+    shape: tuple[int, ...], rng: np.random.Generator, params: Augmentation = RECIPE
+) -> tuple[NDArray[np.float64], bool]:
+    """A recipe view's transform, drawn from `rng`: the 3x3 matrix taking output (row, col)
+    to input coordinates, and whether the result is then mirrored left-right."""
+    h, w = shape[:2]
     theta = np.deg2rad(rng.uniform(-params.rotation_deg, params.rotation_deg))
     tx = rng.uniform(-params.height_shift, params.height_shift) * h
     ty = rng.uniform(-params.width_shift, params.width_shift) * w
     shear = np.deg2rad(rng.uniform(-params.shear_deg, params.shear_deg))
     zx, zy = rng.uniform(1 - params.zoom, 1 + params.zoom, size=2)
-    flip = params.horizontal_flip and rng.random() < 0.5
+    flip = bool(params.horizontal_flip and rng.random() < 0.5)
 
     # Output -> input coordinates (rows, cols), composed about the image centre as Keras does.
     rotate = np.array([[np.cos(theta), -np.sin(theta), 0],
@@ -131,13 +147,34 @@ def augment(
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     to_centre = np.array([[1, 0, cy], [0, 1, cx], [0, 0, 1]])
     from_centre = np.array([[1, 0, -cy], [0, 1, -cx], [0, 0, 1]])
-    m = to_centre @ m @ from_centre
+    return to_centre @ m @ from_centre, flip
 
-    src = pixels.astype(np.float32)
-    out = np.empty_like(src)
-    for c in range(src.shape[2]):
-        out[..., c] = ndimage.affine_transform(src[..., c], m[:2, :2], offset=m[:2, 2],
-                                               order=1, mode="nearest")
-    if flip:
-        out = out[:, ::-1]
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+def unmake_view(values: NDArray[np.floating], sha256: str, view: int, seed: int,
+                mode: str = "recipe") -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Undo `make_view` on a (H, W) array laid over view number `view` (a heatmap): the array
+    in the original image's orientation, and each pixel's weight (1 where the view shows that
+    pixel, 0 where it does not: a recipe view shifts and rotates some of the image out)."""
+    v = np.asarray(values, dtype=np.float32)
+    ones = np.ones_like(v)
+    if mode == "recipe":
+        from scipy import ndimage
+
+        m, flip = recipe_transform(v.shape, view_rng(sha256, view, seed))
+        if flip:
+            v = v[:, ::-1]
+        inv = np.linalg.inv(m)
+        back = [ndimage.affine_transform(a, inv[:2, :2], offset=inv[:2, 2], order=1,
+                                         mode="constant", cval=0.0) for a in (v, ones)]
+        return back[0].astype(np.float32), back[1].astype(np.float32)
+    if mode == "dihedral":
+        order = view_rng(sha256, 0, seed).permutation(7)
+        t = int(order[(view - 1) % 7]) + 1
+        if t >= 4:
+            v = v[:, ::-1]
+        return np.ascontiguousarray(np.rot90(v, -(t % 4))), ones
+    if mode == "flips":
+        if view != 1:
+            raise ValueError(f"augment mode flips has one view (1); got view {view}")
+        return np.ascontiguousarray(v[:, ::-1]), ones
+    raise ValueError(f"augment mode must be one of {', '.join(MODES)}; got {mode!r}")

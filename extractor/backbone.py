@@ -46,6 +46,17 @@ def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
     return (side, side, _CHANNELS[layer])
 
 
+def layer_stride(layer: str) -> int:
+    """How many input pixels one step of a layer's grid spans: 8, 16 or 32 for the tapped
+    pools, and each block's convolutions run at the stride of the pool before them."""
+    if layer in _DOWNSCALE:
+        return _DOWNSCALE[layer]
+    block = layer.split("_")[0]
+    if not (block.startswith("block") and block[5:].isdigit() and 1 <= int(block[5:]) <= 5):
+        raise ValueError(f"unknown VGG16 layer {layer!r}")
+    return 2 ** (int(block[5:]) - 1)
+
+
 def validate(layer: str, image_size: int, pooled_layers: tuple[str, ...] = ()) -> None:
     for name in (layer, *pooled_layers):
         if name not in LAYERS:

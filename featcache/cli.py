@@ -1,5 +1,5 @@
 """`featcache`: one command for every step, `featcache extract|train-head|evaluate|predict|serve`,
-plus `featcache info FILE`.
+plus `featcache info FILE` and `featcache explain`.
 
 Each subcommand is the stage's own command, not a copy: its parser is built by the stage's
 parser builder (`extractor.cli.build_parser`, ...) and `featcache NAME ARGS` runs the stage's
@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "describe a feature cache or a head"),
     "compact": ("extractor.compact_cli", "build_parser", "main",
                 "rewrite an appended-to cache as one file, reclaiming dead rows"),
+    "explain": ("featcache.explain_cli", "build_parser", "main",
+                "heatmaps of where a head's predictions came from"),
 }
 
 EPILOG = """\

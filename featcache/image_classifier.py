@@ -28,6 +28,7 @@ from extractor.images import ImageError, decode_image
 
 if TYPE_CHECKING:
     from classifier.artifact import LoadedHead
+    from classifier.explain import Explanation
     from extractor.backbone import ConvBase
     from extractor.spec import FeatureSpec
 
@@ -152,6 +153,21 @@ class ImageClassifier:
             return np.zeros((0, len(self.classes_)), np.float64)
         means, _ = average(np.concatenate(probas), np.asarray(groups))
         return means
+
+    def explain(self, image: ImageLike) -> Explanation:
+        """Where the prediction of one image came from (`classifier.explain`): `.grid`, the
+        contribution of each pixel to the chosen class's score, `.overlay`, the image with the
+        heatmap over it (PIL; `.overlay_png()` as PNG bytes), and `.label`. With views, their
+        heatmaps are mapped back to the image's orientation and averaged."""
+        from classifier.explain import explain
+        from extractor.features import from_maps
+
+        data, _ = _encoded(image, 0)
+        rows = self._pixels(image, 0, self.head.spec.input_size)
+        maps = self.base.maps(np.stack(rows))
+        proba = self.head.predict_proba(from_maps(maps, self.base.spec))
+        return explain(self.head, maps, proba, rows[0], self.views,
+                       hashlib.sha256(data).hexdigest())
 
     def _pixels(self, item: ImageLike, index: int, size: int) -> list[NDArray[np.uint8]]:
         """An image and its views, decoded as `extract` and `serve` decode them."""

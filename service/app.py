@@ -45,6 +45,7 @@ from service.app_state import AppState
 from service.batching import MicroBatcher, ModelWorker
 from service.config import Settings
 from service.errors import ScanBusyError, StartupError
+from service.explaining import MapsRunner
 from service.feature_cache import feature_cache
 from service.head_store import HeadStore
 from service.heads import ServedHead, check_heads, load_heads
@@ -256,7 +257,7 @@ def create_app(
                 max_upload_bytes=settings.max_upload_bytes,
                 max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
                 request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
-                tta=settings.tta,
+                tta=settings.tta, maps=MapsRunner(backbone, model_worker),
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)

@@ -4,7 +4,9 @@
     ├── InvalidRequestError (422 invalid_request)
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
     │   ├── ImageTooLargeError (413 image_too_large): more pixels than max_image_pixels
-    │   └── HeadRequiredError (422 head_required): several heads served, none named, no default
+    │   ├── HeadRequiredError (422 head_required): several heads served, none named, no default
+    │   └── ExplainUnavailableError (422 explain_unavailable): ?explain=true for a head that
+    │       cannot be explained (a multi-class SVM), or a conv base that gives no maps
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
@@ -77,6 +79,10 @@ class ForbiddenError(ServiceError):
 
 class HeadRequiredError(InvalidRequestError):
     code = "head_required"
+
+
+class ExplainUnavailableError(InvalidRequestError):
+    code = "explain_unavailable"
 
 
 class UnknownHeadError(ServiceError):

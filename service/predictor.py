@@ -26,6 +26,7 @@ from extractor.augment import make_view
 from extractor.features import Features
 from service.batching import MicroBatcher, ModelWorker
 from service.errors import (
+    ExplainUnavailableError,
     ImageTooLargeError,
     InvalidImageError,
     OverloadedError,
@@ -33,6 +34,7 @@ from service.errors import (
     ServiceError,
     UploadTooLargeError,
 )
+from service.explaining import Maps, MapsRunner, explanation
 from service.feature_cache import FeatureLRU
 from service.heads import ServedHead
 from service.metrics import Metrics
@@ -51,6 +53,8 @@ class Prediction:
     #: Images whose probabilities were averaged: 1, or 1 + the head's augmented views.
     views: int
     timings_ms: dict[str, float]
+    #: With ?explain=true: {"grid": [[float]], "overlay_png": base64 PNG} (service.explaining).
+    explanation: dict[str, Any] | None = None
 
 
 def _decode(data: bytes, size: int, max_pixels: int, sha256: str, views: Any,
@@ -92,7 +96,7 @@ class Predictor:
         self, batcher: MicroBatcher, cache: FeatureLRU[Features],
         head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
         max_upload_bytes: int, max_image_pixels: int, max_queue: int, request_timeout_s: float,
-        metrics: Metrics, tta: bool = True,
+        metrics: Metrics, tta: bool = True, maps: MapsRunner | None = None,
     ) -> None:
         self.batcher = batcher
         self.cache = cache
@@ -108,6 +112,8 @@ class Predictor:
         #: Average over the views a head was trained on (False: each upload alone).
         self.tta = tta
         self._metrics = metrics
+        #: Runs the conv base for explained requests (None: explanations are unavailable).
+        self._maps = maps
         #: Images admitted and not yet through the conv base. Only the event loop touches it.
         self.waiting = 0
 
@@ -165,20 +171,63 @@ class Predictor:
             timings["forward"] = max(timings["forward"], batch.forward_ms)
         return named.stack(r for r in rows if r is not None), False, timings
 
+    async def maps(self, data: bytes, views: Any = None
+                   ) -> tuple[Maps, Features, NDArray[np.uint8], str, dict[str, float]]:
+        """For an explained request: the conv base's maps of the upload and its views, their
+        named features, the upload's pixels and SHA-256. Never from the feature cache (it
+        holds no maps), and outside the batcher, in one pass of its own."""
+        if self._maps is None:
+            raise ExplainUnavailableError("explanations are not available on this server")
+        if len(data) > self.max_upload_bytes:
+            raise UploadTooLargeError(
+                f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
+            )
+        t0 = time.perf_counter()
+        key = _sha256(data) if len(data) < 256 * 1024 else await run_in_threadpool(_sha256, data)
+        wanted = list(range(len(_view_keys(key, views))))
+        if self.waiting >= self.max_queue:
+            raise self._overloaded()
+        self.waiting += len(wanted)
+        self._metrics.images_waiting.set(self.waiting)
+        try:
+            t1 = time.perf_counter()
+            pixels = await self._decoder.run(_decode, data, self.image_size,
+                                             self.max_image_pixels, key, views, wanted)
+            t2 = time.perf_counter()
+            maps, features, forward_ms = await self._maps(pixels)
+        finally:
+            self.waiting -= len(wanted)
+            self._metrics.images_waiting.set(self.waiting)
+        for v, k in enumerate(_view_keys(key, views)):  # a plain request for it later hits
+            self.cache.put(k, named.row(features, v))
+        timings = {"hash": (t1 - t0) * 1000.0, "decode": (t2 - t1) * 1000.0, "queue": 0.0,
+                   "forward": forward_ms}
+        return maps, features, pixels[0], key, timings
+
     def deadline(self) -> float:
         """When a request starting now must be answered, on the event loop's clock."""
         return asyncio.get_running_loop().time() + self.request_timeout_s
 
     async def predict(self, data: bytes, head: ServedHead,
-                      deadline: float | None = None) -> Prediction:
+                      deadline: float | None = None, explain: bool = False) -> Prediction:
         t0 = time.perf_counter()
         timeout = asyncio.timeout_at(self.deadline() if deadline is None else deadline)
         try:
             async with timeout:
                 views = head.views if self.tta else None
-                features, cached, timings = await self.features(data, views)
+                if explain:
+                    maps, features, pixels, key, timings = await self.maps(data, views)
+                    cached = False
+                else:
+                    features, cached, timings = await self.features(data, views)
                 t1 = time.perf_counter()
                 proba = await self._head_worker.run(head.predict_proba, features)
+                explained = None
+                if explain:
+                    te = time.perf_counter()
+                    explained = await self._head_worker.run(
+                        explanation, head.model, maps, proba, pixels, views, key)
+                    timings["explain"] = (time.perf_counter() - te) * 1000.0
         except Exception as exc:
             error = exc
             if isinstance(exc, TimeoutError) and timeout.expired():
@@ -192,7 +241,7 @@ class Predictor:
                 raise
             raise error from None
         t2 = time.perf_counter()
-        timings["head"] = (t2 - t1) * 1000.0
+        timings["head"] = (t2 - t1) * 1000.0 - timings.get("explain", 0.0)
         timings["total"] = (t2 - t0) * 1000.0
         # The mean over the image and its views (one row without views).
         rows = np.asarray(proba, dtype=np.float64)
@@ -208,10 +257,11 @@ class Predictor:
             cached=cached,
             views=len(rows),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
+            explanation=explained,
         )
 
     async def predict_many(
-        self, uploads: Sequence[bytes | Exception], head: ServedHead
+        self, uploads: Sequence[bytes | Exception], head: ServedHead, explain: bool = False,
     ) -> list[Prediction | BaseException]:
         """One result per upload, in order, all in flight at once so they share forward passes;
         a failure (or an upload that already failed) is returned in its own slot. With the queue
@@ -225,7 +275,7 @@ class Predictor:
                 self._metrics.predictions.labels(
                     head.name, getattr(upload, "code", "internal_error")).inc()
                 raise upload
-            return await self.predict(upload, head, deadline)
+            return await self.predict(upload, head, deadline, explain)
 
         return await asyncio.gather(*(one(u) for u in uploads), return_exceptions=True)
 

@@ -17,6 +17,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class Explanation(BaseModel):
+    grid: list[list[float]] = Field(
+        description="Each pixel's contribution to the predicted class's score, on the image "
+        "as the model saw it (input size x input size; positive: for the class)")
+    overlay_png: str = Field(description="The image with the heatmap over it, base64 PNG")
+
+
 class PredictionResponse(BaseModel):
     label: str
     probabilities: dict[str, float] = Field(description="Class name -> probability")
@@ -30,8 +37,11 @@ class PredictionResponse(BaseModel):
         "augmented views a head trained on them averages over"
     )
     timings_ms: dict[str, float] = Field(
-        description="hash, decode, queue (waiting for a batch), forward, head and total"
+        description="hash, decode, queue (waiting for a batch), forward, head and total "
+        "(and explain, with ?explain=true)"
     )
+    explanation: Explanation | None = Field(
+        default=None, description="With ?explain=true: where the prediction came from")
 
 
 class BatchItem(BaseModel):
@@ -44,6 +54,7 @@ class BatchItem(BaseModel):
     cached: bool | None = None
     views: int | None = None
     timings_ms: dict[str, float] | None = None
+    explanation: Explanation | None = None
     error: ErrorDetail | None = None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api.deps import ApiKey, HeadDep, PredictorDep, SettingsDep, StateDep
 from service.api.errors import describe
@@ -18,6 +18,11 @@ from service.api.schemas import (
 from service.errors import ServiceError, TooManyFilesError, UploadTooLargeError
 
 router = APIRouter(tags=["predict"], dependencies=[ApiKey])
+
+#: ?explain=true: each prediction also says where in the image it came from.
+Explain = Annotated[bool, Query(description="Add a heatmap of where the prediction came from: "
+                                "explanation.grid (per pixel of the model's input) and "
+                                "explanation.overlay_png (base64 PNG)")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -49,10 +54,10 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
              summary="Classify one image")
 async def predict(
     file: Annotated[UploadFile, File(description="The image (JPEG, PNG, ...)")],
-    predictor: PredictorDep, head: HeadDep, settings: SettingsDep,
+    predictor: PredictorDep, head: HeadDep, settings: SettingsDep, explain: Explain = False,
 ) -> PredictionResponse:
     data = await _read(file, settings.max_upload_bytes)
-    result = await predictor.predict(data, head)
+    result = await predictor.predict(data, head, explain=explain)
     return PredictionResponse(**vars(result))
 
 
@@ -61,6 +66,7 @@ async def predict(
 async def predict_batch(
     files: Annotated[list[UploadFile], File(description="The images, in order")],
     predictor: PredictorDep, head: HeadDep, settings: SettingsDep, state: StateDep,
+    explain: Explain = False,
 ) -> BatchResponse:
     if len(files) > settings.max_batch_files:
         raise TooManyFilesError(
@@ -73,7 +79,7 @@ async def predict_batch(
             uploads.append(await _read(f, settings.max_upload_bytes))
         except ServiceError as exc:
             uploads.append(exc)
-    outcomes = await predictor.predict_many(uploads, head)
+    outcomes = await predictor.predict_many(uploads, head, explain=explain)
     items = []
     for i, (f, outcome) in enumerate(zip(files, outcomes, strict=True)):
         if isinstance(outcome, BaseException):
