@@ -2,10 +2,11 @@
 
 Ray Data reads the files' bytes (`read_binary_files`, so one corrupt image cannot fail the job
 as `read_images` would) and streams them to a pool of actors. Each actor builds the conv base
-once, decodes its batch with the same code as the local engine (`extractor.images`), runs the
-model and writes the batch as one shard (`extractor.shards`). The driver checks every shard and
-merges them into the cache through an HDF5 virtual dataset, so readers see one cache laid out
-as the local engine lays it out.
+once, decodes its batch and makes its augmented views with the local engine's code
+(`runner.decode_bytes`), runs the model through `runner.forward` and writes the batch as one
+shard (`extractor.shards`), each image's views after it as in a cache. The driver checks every
+shard and merges them into the cache through an HDF5 virtual dataset, so readers see one cache
+laid out as the local engine lays it out.
 
 Validation (`runner.plan`), file listing, labels and cache attributes are the local engine's.
 """
@@ -28,12 +29,17 @@ from numpy.typing import NDArray
 
 from extractor import features as named
 from extractor import shards as sh
+from extractor.cache import AugmentSettings
 from extractor.runner import (
     ExtractError,
+    FeatureFn,
+    LoadedFile,
     Options,
     Summary,
-    _extra_attrs,
+    conv_base,
     decode_bytes,
+    extra_attrs,
+    forward,
     lock_output,
     plan,
 )
@@ -71,21 +77,24 @@ def require_ray() -> ModuleType:
 
 
 class ShardWriter:
-    """A Ray Data actor: bytes batch -> decoded -> conv base -> one shard. Returns a manifest."""
+    """A Ray Data actor: bytes batch -> decoded (and views) -> conv base -> one shard. Returns a
+    manifest. `features_fn`: what makes the features instead of the conv base (tests)."""
 
     def __init__(self, weights: str, spec: dict[str, Any], root: str, out_dir: str,
-                 batch_size: int, threads: int, started_ns: int | None = None) -> None:
-        from extractor.backbone import ConvBase
-
+                 batch_size: int, threads: int, started_ns: int | None = None,
+                 augment: dict[str, Any] | None = None,
+                 features_fn: FeatureFn | None = None) -> None:
         self.spec = FeatureSpec.from_dict(spec)
-        self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads, pooled_layers=self.spec.pooled_layers,
-                             precision=self.spec.precision,
-                             quantized_sha256=self.spec.quantized_sha256 or None)
-        diffs = self.spec.differences(self.conv.spec)
-        if diffs:
-            raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
-                               f"driver ({', '.join(diffs)}): give every node the same weights")
+        self.augment = AugmentSettings.from_attrs(augment or {})
+        if features_fn is None:
+            conv = conv_base(Path(weights), self.spec, threads)
+            diffs = self.spec.differences(conv.spec)
+            if diffs:
+                raise RuntimeError(f"worker {socket.gethostname()} makes other features than "
+                                   f"the driver ({', '.join(diffs)}): give every node the same "
+                                   "weights")
+            features_fn = conv
+        self.features_fn = features_fn
         self.root = root.rstrip("/")
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
@@ -105,28 +114,30 @@ class ShardWriter:
         return Path(os.path.relpath(path, self.root)).as_posix()
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        size = self.spec.input_size
-        items = [decode_bytes(self._rel(str(p)), bytes(b), size)
+        size, views = self.spec.input_size, self.augment
+        items = [decode_bytes(self._rel(str(p)), bytes(b), size, views.views, views.seed,
+                              views.mode)
                  for p, b in zip(batch["path"], batch["bytes"], strict=True)]
         skipped = [(it.path, it.error) for it in items if it.error is not None]
         good = sorted((it for it in items if it.error is None), key=lambda it: it.path)
-        first: dict[str, int] = {}
-        unique: list[NDArray[np.uint8]] = []
+        start: dict[str, int] = {}  # sha256 -> its first row in `feats`
+        unique: list[LoadedFile] = []
         for it in good:
-            if it.sha256 not in first and it.pixels is not None:
-                first[it.sha256] = len(unique)
-                unique.append(it.pixels)
-        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
-                  for i in range(0, len(unique), self.batch_size)]
-        feats = ({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-                 if chunks else named.empty(self.spec))
-        # Files with the same bytes share one forward pass, and each gets its own row.
-        index = [first[it.sha256] for it in good]
+            if it.sha256 not in start:
+                start[it.sha256] = sum(len(u.rows) for u in unique)
+                unique.append(it)
+        feats = forward(self.features_fn, unique, self.spec, self.batch_size)
+        # Files with the same bytes share one forward pass (each view's), and each gets its
+        # own rows.
+        index = [start[it.sha256] + v for it in good for v in range(len(it.rows))]
         rows = {name: arr[index] for name, arr in feats.items()}
-        shard = sh.write_shard(self.out_dir, self.spec, [it.path for it in good],
-                               [it.sha256 for it in good], rows,
+        stats = {it.path: self._stat(it.path) for it in good}
+        shard = sh.write_shard(self.out_dir, self.spec,
+                               [it.path for it in good for _ in it.rows],
+                               [it.sha256 for it in good for _ in it.rows], rows,
                                [(p, r) for p, r in skipped if r is not None],
-                               [self._stat(it.path) for it in good])
+                               [stats[it.path] for it in good for _ in it.rows],
+                               [v for it in good for v in range(len(it.rows))], views)
         return {
             "shard": np.array([str(shard)]),
             "files": np.array([len(items)]),
@@ -136,24 +147,34 @@ class ShardWriter:
         }
 
 
-def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
-    """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there."""
+def run(opts: Options, ray_opts: RayOptions | None = None,
+        features_fn: FeatureFn | None = None) -> Summary:
+    """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there.
+
+    `features_fn`: shipped to every actor to make the features instead of the conv base (as
+    `runner.run`'s, for tests); it must pickle."""
     with lock_output(opts.out):
-        return _run(opts, ray_opts or RayOptions())
+        return _run(opts, ray_opts or RayOptions(), features_fn)
 
 
-def _run(opts: Options, ray_opts: RayOptions) -> Summary:
+def _run(opts: Options, ray_opts: RayOptions, features_fn: FeatureFn | None) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     sdir = ray_opts.shards_dir or sh.shards_dir(opts.out)
-    summary = Summary(out=opts.out, class_names=listing.class_names, runtime=spec.runtime)
+    summary = Summary(out=opts.out, class_names=listing.class_names, runtime=spec.runtime,
+                      precision=spec.precision)
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    prior = sh.load_shards(sdir, spec)
+    augment = opts.augmentation
+    # Under the lock: a shard's temporary file is a killed worker's, never to be finished.
+    for stale in sh.remove_stale_temps(sdir):
+        logger.info("removed %s, left by an interrupted worker", stale.name)
+    prior = sh.load_shards(sdir, spec, augment=augment)
     base: sh.Shard | None = None
     if opts.out.exists() and not sh.is_virtual(opts.out):
-        base = sh.read_shard(opts.out, spec)  # a self-contained cache: its rows count as done
+        # A self-contained cache: its rows count as done.
+        base = sh.read_shard(opts.out, spec, augment)
     done, retry = _done(listing.root, [*([base] if base else []), *prior])
     todo = [p for p in listing.labels if p not in done or p in retry]
     summary.already_cached = len(listing.labels) - len(todo)
@@ -164,19 +185,20 @@ def _run(opts: Options, ray_opts: RayOptions) -> Summary:
         t_loop = time.perf_counter()
         try:
             reported = _extract(opts, ray_opts, listing.root, todo, spec, weights_path, sdir,
-                                summary)
+                                summary, features_fn)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
-    shards = sh.load_shards(sdir, spec, expected=reported)
-    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec):
-        shards = sh.load_shards(sdir, spec)
+    shards = sh.load_shards(sdir, spec, expected=reported, augment=augment)
+    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec, augment):
+        shards = sh.load_shards(sdir, spec, augment=augment)
     if base is not None:
         sdir.mkdir(parents=True, exist_ok=True)
         moved = sdir / f"base-{time.time_ns()}.h5"
         os.replace(opts.out, moved)  # mtime kept: older than every shard, so they win
-        shards.insert(0, sh.read_shard(moved, spec))
-    extra = {**_extra_attrs(opts, weights_path), "engine": "ray"}
+        shards.insert(0, sh.read_shard(moved, spec, augment))
+    extra = {**extra_attrs(opts, weights_path, spec.quantized_sha256), **augment.to_attrs(),
+             "engine": "ray"}
     summary.total, summary.skipped = sh.merge(
         opts.out, shards, listing.labels, listing.class_names, spec, extra
     )
@@ -244,6 +266,7 @@ def _extract(
     weights_path: Path,
     sdir: Path,
     summary: Summary,
+    features_fn: FeatureFn | None = None,
 ) -> list[Path]:
     from tqdm import tqdm
 
@@ -274,6 +297,7 @@ def _extract(
                 weights=str(weights_path), spec=spec.to_dict(), root=root_s,
                 out_dir=str(sdir.resolve()), batch_size=opts.batch_size,
                 threads=max(1, math.ceil(cpus)), started_ns=time.time_ns(),
+                augment=opts.augmentation.to_attrs(), features_fn=features_fn,
             ),
             batch_size=opts.checkpoint_every,
             batch_format="numpy",
@@ -296,7 +320,7 @@ def _extract(
 
 def _record_vanished(
     root: Path, todo: list[str], shards: list[sh.Shard], reported: list[Path], sdir: Path,
-    spec: FeatureSpec,
+    spec: FeatureSpec, augment: AugmentSettings,
 ) -> bool:
     """Files gone before they were read become skipped rows; any other gap is an error."""
     mine = {p.resolve() for p in reported}
@@ -313,5 +337,6 @@ def _record_vanished(
         raise ExtractError(f"{len(present)} file(s) came back from no worker (first: "
                            f"{present[0]}); run the same command again to extract them")
     sh.write_shard(sdir, spec, [], [], named.empty(spec),
-                   [(p, "unreadable file: gone before it was read") for p in lost])
+                   [(p, "unreadable file: gone before it was read") for p in lost],
+                   augment=augment)
     return True
