@@ -307,15 +307,30 @@ def _extract(
         reported: list[Path] = []
         bar = tqdm(total=len(todo), unit="img", disable=not opts.progress, dynamic_ncols=True)
         with bar:
-            for row in ds.iter_rows():
-                reported.append(Path(str(row["shard"])))
-                summary.extracted += int(row["extracted"])
-                summary.duplicates += int(row["duplicates"])
-                bar.update(int(row["files"]))
+            try:
+                for row in ds.iter_rows():
+                    reported.append(Path(str(row["shard"])))
+                    summary.extracted += int(row["extracted"])
+                    summary.duplicates += int(row["duplicates"])
+                    bar.update(int(row["files"]))
+            except ray.exceptions.RayError as exc:
+                # What Ray retries (lost actors, nodes, objects) it has retried by now; what
+                # is left is an error in a batch itself, or a cluster that lost too much.
+                raise ExtractError(
+                    f"the Ray job failed after {len(reported)} batch(es) ({_last_line(exc)}). "
+                    f"Their shards are kept in {sdir}: run the same command again to extract "
+                    "the rest"
+                ) from exc
     finally:
         if started:
             ray.shutdown()
     return reported
+
+
+def _last_line(exc: BaseException) -> str:
+    """The gist of a Ray error, whose text is a whole remote traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _record_vanished(

@@ -42,16 +42,17 @@ def local_ray(_ray_home: Path) -> Any:
 
 
 @pytest.fixture
-def ray_cluster(_ray_home: Path) -> Iterator[Any]:
+def ray_cluster(_ray_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A Ray cluster of three nodes on this machine (a head and two workers, 1 CPU each), the
     driver connected to it. Yields `ray.cluster_utils.Cluster`."""
     import ray
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
+    monkeypatch.setenv("RAY_TMPDIR", str(_ray_home))  # where a cluster notes its address
     node = dict(num_cpus=1, object_store_memory=80 * 2**20, node_ip_address="127.0.0.1")
     cluster = Cluster(initialize_head=True, head_node_args=dict(
-        **node, include_dashboard=False, _temp_dir=str(_ray_home)))
+        **node, include_dashboard=False))
     try:
         for _ in range(2):
             cluster.add_node(**node)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fakes
 import numpy as np
+from fakes import fake_features
 
 
 def ship() -> None:
@@ -23,7 +23,7 @@ def ship() -> None:
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    cloudpickle.register_pickle_by_value(fakes)
+    cloudpickle.register_pickle_by_value(sys.modules["fakes"])
 
 
 def _claim(marker: Path, text: str) -> bool:
@@ -49,7 +49,7 @@ class StallsOnWorkerNode:
         node = ray.get_runtime_context().get_node_id()
         if node != self.head_node and _claim(self.marker, node):
             time.sleep(self.stall_s)
-        return fakes.fake_features(pixels)
+        return fake_features(pixels)
 
 
 class RaisesOnce:
@@ -61,4 +61,4 @@ class RaisesOnce:
     def __call__(self, pixels: np.ndarray) -> dict[str, Any]:
         if _claim(self.marker, str(len(pixels))):
             raise RuntimeError("injected fault: this batch fails")
-        return fakes.fake_features(pixels)
+        return fake_features(pixels)
