@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -246,14 +247,19 @@ def _done(root: Path, shards: list[sh.Shard]) -> tuple[set[str], set[str]]:
     return rows | set(skipped_at), retry
 
 
+#: CPUs a read task asks for. It only reads files' bytes; asking for a whole CPU would leave a
+#: node of 1 CPU, once an actor holds part of it, unable to run any read: the job would hang.
+READ_CPUS = 0.25
+
+
 def _actor_resources(ray: Any, actors: int | None) -> tuple[int, float]:
-    """(actors, CPUs each): leave one CPU per node to the read tasks, or they never run."""
+    """(actors, CPUs each): leave `READ_CPUS` per node to the read tasks, or they never run."""
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
     per_node = [float(n["Resources"]["CPU"]) for n in nodes] or [1.0]
     total = sum(per_node)
     n = actors or len(per_node)
-    each = (total - len(per_node)) / n
-    each = min(each, max(per_node) - 1)
+    each = (total - READ_CPUS * len(per_node)) / n
+    each = min(each, max(per_node) - READ_CPUS)
     return n, max(0.25, math.floor(each * 4) / 4)
 
 
@@ -290,7 +296,8 @@ def _extract(
         root_s = str(root.resolve())
         sdir.mkdir(parents=True, exist_ok=True)
         ds = ray.data.read_binary_files(
-            [f"{root_s}/{p}" for p in todo], include_paths=True, ignore_missing_paths=True
+            [f"{root_s}/{p}" for p in todo], include_paths=True, ignore_missing_paths=True,
+            num_cpus=READ_CPUS,
         ).map_batches(
             ShardWriter,
             fn_constructor_kwargs=dict(
@@ -317,7 +324,7 @@ def _extract(
                 # What Ray retries (lost actors, nodes, objects) it has retried by now; what
                 # is left is an error in a batch itself, or a cluster that lost too much.
                 raise ExtractError(
-                    f"the Ray job failed after {len(reported)} batch(es) ({_last_line(exc)}). "
+                    f"the Ray job failed after {len(reported)} batch(es) ({_gist(exc)}). "
                     f"Their shards are kept in {sdir}: run the same command again to extract "
                     "the rest"
                 ) from exc
@@ -327,10 +334,17 @@ def _extract(
     return reported
 
 
-def _last_line(exc: BaseException) -> str:
-    """The gist of a Ray error, whose text is a whole remote traceback."""
+def _gist(exc: BaseException) -> str:
+    """The error under a Ray error, whose text is a whole remote traceback, in one line: the
+    first `SomeError: message` line not raised by Ray itself."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if _ERROR_LINE.match(line) and not line.startswith("ray."):
+            return line
     return lines[-1] if lines else type(exc).__name__
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
 
 
 def _record_vanished(

@@ -359,3 +359,45 @@ def test_ray_engine_views_and_int8_equal_the_local_engine_on_real_weights(
         with open_cache(ray_out) as c:
             assert len(c) == 4 * (1 + int(kw.get("augment", 0))), name
             assert c.spec.precision == kw.get("precision", "fp32")
+
+
+@pytest.mark.slow
+def test_predict_on_ray_with_a_views_head_equals_local_predict(
+    local_ray: Any, small_image_dir: Path, conv_base: Any, tmp_path: Path
+) -> None:
+    """A head trained on flipped views: `predict --engine ray` extracts the same views on Ray
+    and averages over them, giving the local engine's probabilities."""
+    import csv
+
+    from classifier.artifact import load_head
+    from classifier.predict_cli import main as predict
+    from classifier.training import train
+    from extractor.runner import run
+
+    images = tmp_path / "images"
+    for cls in ("defective", "functional"):
+        (images / cls).mkdir(parents=True)
+        for f in sorted((small_image_dir / cls).iterdir())[:4]:
+            shutil.copy(f, images / cls / f.name)
+    train_cache = tmp_path / "flips.h5"
+    run(Options(directory=images, out=train_cache, progress=False, augment=1,
+                augment_mode="flips"), features_fn=conv_base)
+    head_dir = train(train_cache, tmp_path / "head", cv=0, val_split=0.5)
+    head = load_head(head_dir)
+    assert (head.views.count, head.views.mode) == (1, "flips")
+
+    got: dict[str, dict[str, list[float]]] = {}
+    for engine in ("ray", "local"):
+        out = tmp_path / f"{engine}.csv"
+        assert predict(["--head", str(head_dir), "--dir", str(images), "--out", str(out),
+                        "--cache", str(tmp_path / f"{engine}.h5"), "--engine", engine,
+                        "--actors", "1", "--runtime", "keras", "-q"]) == 0
+        with open(out, newline="") as fh:
+            got[engine] = {r["path"]: [float(r[f"p_{c}"]) for c in head.classes_]
+                           for r in csv.DictReader(fh)}
+    with open_cache(tmp_path / "ray.h5") as c:
+        assert sh.is_virtual(tmp_path / "ray.h5")
+        assert len(c) == 16 and c.views.tolist() == [0, 1] * 8  # each file and its mirror
+    assert sorted(got["ray"]) == sorted(got["local"]) and len(got["ray"]) == 8
+    for path, proba in got["ray"].items():
+        np.testing.assert_allclose(proba, got["local"][path], atol=1e-5, err_msg=path)
