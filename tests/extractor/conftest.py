@@ -50,7 +50,8 @@ def ray_cluster(_ray_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
 
     ray.shutdown()
     monkeypatch.setenv("RAY_TMPDIR", str(_ray_home))  # where a cluster notes its address
-    node = dict(num_cpus=1, object_store_memory=80 * 2**20, node_ip_address="127.0.0.1")
+    node: dict[str, Any] = dict(num_cpus=1, object_store_memory=80 * 2**20,
+                                node_ip_address="127.0.0.1")
     cluster = Cluster(initialize_head=True, head_node_args=dict(
         **node, include_dashboard=False))
     try:

@@ -353,8 +353,8 @@ def test_ray_engine_views_and_int8_equal_the_local_engine_on_real_weights(
         common = dict(directory=images, weights=str(weights_path), progress=False,
                       checkpoint_every=2, **kw)
         ray_out, local_out = tmp_path / f"ray-{name}.h5", tmp_path / f"local-{name}.h5"
-        ray_engine.run(Options(out=ray_out, **common), ray_engine.RayOptions(actors=1))  # type: ignore[arg-type]
-        run(Options(out=local_out, **common))  # type: ignore[arg-type]
+        ray_engine.run(Options(out=ray_out, **common), ray_engine.RayOptions(actors=1))
+        run(Options(out=local_out, **common))
         _same_cache(ray_out, local_out)
         with open_cache(ray_out) as c:
             assert len(c) == 4 * (1 + int(kw.get("augment", 0))), name
