@@ -123,10 +123,12 @@ class ShardWriter:
         good = sorted((it for it in items if it.error is None), key=lambda it: it.path)
         start: dict[str, int] = {}  # sha256 -> its first row in `feats`
         unique: list[LoadedFile] = []
+        n_rows = 0
         for it in good:
             if it.sha256 not in start:
-                start[it.sha256] = sum(len(u.rows) for u in unique)
+                start[it.sha256] = n_rows
                 unique.append(it)
+                n_rows += len(it.rows)
         feats = forward(self.features_fn, unique, self.spec, self.batch_size)
         # Files with the same bytes share one forward pass (each view's), and each gets its
         # own rows.
