@@ -98,11 +98,6 @@ def extract_for_head(
     (found by its hash)."""
     precision = precision or head.spec.precision
     views = head.views if tta else None
-    if engine == "ray" and views:
-        raise ValueError(
-            f"head {head.name!r} averages its probabilities over {views.count} augmented views "
-            f"of every image, which the Ray engine does not make yet: use --engine local, or "
-            f"--no-tta to predict from each image alone")
     if precision != head.spec.precision:
         raise ValueError(f"--precision {precision}: head {head.name!r} was trained on "
                          f"{head.spec.precision} features; leave out --precision or pass "

@@ -190,8 +190,6 @@ def _main(argv: list[str] | None, prog: str) -> int:
             check(args.augment_mode, args.augment)
         except ValueError as exc:
             parser.error(str(exc))
-    if args.augment and args.engine == "ray":
-        parser.error("--augment runs on the local engine only; leave out --engine ray")
     console.setup_logging("warning", quiet=args.quiet)
 
     from extractor.cache import CacheError

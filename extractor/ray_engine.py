@@ -2,10 +2,11 @@
 
 Ray Data reads the files' bytes (`read_binary_files`, so one corrupt image cannot fail the job
 as `read_images` would) and streams them to a pool of actors. Each actor builds the conv base
-once, decodes its batch with the same code as the local engine (`extractor.images`), runs the
-model and writes the batch as one shard (`extractor.shards`). The driver checks every shard and
-merges them into the cache through an HDF5 virtual dataset, so readers see one cache laid out
-as the local engine lays it out.
+once, decodes its batch and makes its augmented views with the local engine's code
+(`runner.decode_bytes`), runs the model through `runner.forward` and writes the batch as one
+shard (`extractor.shards`), each image's views after it as in a cache. The driver checks every
+shard and merges them into the cache through an HDF5 virtual dataset, so readers see one cache
+laid out as the local engine lays it out.
 
 Validation (`runner.plan`), file listing, labels and cache attributes are the local engine's.
 """
@@ -17,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -29,12 +31,17 @@ from numpy.typing import NDArray
 from extractor import features as named
 from extractor import rowstore
 from extractor import shards as sh
+from extractor.cache import AugmentSettings
 from extractor.runner import (
     ExtractError,
+    FeatureFn,
+    LoadedFile,
     Options,
     Summary,
-    _extra_attrs,
+    conv_base,
     decode_bytes,
+    extra_attrs,
+    forward,
     lock_output,
     plan,
 )
@@ -72,21 +79,24 @@ def require_ray() -> ModuleType:
 
 
 class ShardWriter:
-    """A Ray Data actor: bytes batch -> decoded -> conv base -> one shard. Returns a manifest."""
+    """A Ray Data actor: bytes batch -> decoded (and views) -> conv base -> one shard. Returns a
+    manifest. `features_fn`: what makes the features instead of the conv base (tests)."""
 
     def __init__(self, weights: str, spec: dict[str, Any], root: str, out_dir: str,
-                 batch_size: int, threads: int, started_ns: int | None = None) -> None:
-        from extractor.backbone import ConvBase
-
+                 batch_size: int, threads: int, started_ns: int | None = None,
+                 augment: dict[str, Any] | None = None,
+                 features_fn: FeatureFn | None = None) -> None:
         self.spec = FeatureSpec.from_dict(spec)
-        self.conv = ConvBase(weights, self.spec.input_size, self.spec.layer, self.spec.runtime,
-                             threads=threads, pooled_layers=self.spec.pooled_layers,
-                             precision=self.spec.precision,
-                             quantized_sha256=self.spec.quantized_sha256 or None)
-        diffs = self.spec.file_differences(self.conv.spec)
-        if diffs:
-            raise RuntimeError(f"worker {socket.gethostname()} makes other features than the "
-                               f"driver ({', '.join(diffs)}): give every node the same weights")
+        self.augment = AugmentSettings.from_attrs(augment or {})
+        if features_fn is None:
+            conv = conv_base(Path(weights), self.spec, threads)
+            diffs = self.spec.file_differences(conv.spec)
+            if diffs:
+                raise RuntimeError(f"worker {socket.gethostname()} makes other features than "
+                                   f"the driver ({', '.join(diffs)}): give every node the same "
+                                   "weights")
+            features_fn = conv
+        self.features_fn = features_fn
         self.root = root.rstrip("/")
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
@@ -106,28 +116,32 @@ class ShardWriter:
         return Path(os.path.relpath(path, self.root)).as_posix()
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        size = self.spec.input_size
-        items = [decode_bytes(self._rel(str(p)), bytes(b), size)
+        size, views = self.spec.input_size, self.augment
+        items = [decode_bytes(self._rel(str(p)), bytes(b), size, views.views, views.seed,
+                              views.mode)
                  for p, b in zip(batch["path"], batch["bytes"], strict=True)]
         skipped = [(it.path, it.error) for it in items if it.error is not None]
         good = sorted((it for it in items if it.error is None), key=lambda it: it.path)
-        first: dict[str, int] = {}
-        unique: list[NDArray[np.uint8]] = []
+        start: dict[str, int] = {}  # sha256 -> its first row in `feats`
+        unique: list[LoadedFile] = []
+        n_rows = 0
         for it in good:
-            if it.sha256 not in first and it.pixels is not None:
-                first[it.sha256] = len(unique)
-                unique.append(it.pixels)
-        chunks = [self.conv(np.stack(unique[i : i + self.batch_size]))
-                  for i in range(0, len(unique), self.batch_size)]
-        feats = ({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-                 if chunks else named.empty(self.spec))
-        # Files with the same bytes share one forward pass, and each gets its own row.
-        index = [first[it.sha256] for it in good]
+            if it.sha256 not in start:
+                start[it.sha256] = n_rows
+                unique.append(it)
+                n_rows += len(it.rows)
+        feats = forward(self.features_fn, unique, self.spec, self.batch_size)
+        # Files with the same bytes share one forward pass (each view's), and each gets its
+        # own rows.
+        index = [start[it.sha256] + v for it in good for v in range(len(it.rows))]
         rows = {name: arr[index] for name, arr in feats.items()}
-        shard = sh.write_shard(self.out_dir, self.spec, [it.path for it in good],
-                               [it.sha256 for it in good], rows,
+        stats = {it.path: self._stat(it.path) for it in good}
+        shard = sh.write_shard(self.out_dir, self.spec,
+                               [it.path for it in good for _ in it.rows],
+                               [it.sha256 for it in good for _ in it.rows], rows,
                                [(p, r) for p, r in skipped if r is not None],
-                               [self._stat(it.path) for it in good])
+                               [stats[it.path] for it in good for _ in it.rows],
+                               [v for it in good for v in range(len(it.rows))], views)
         return {
             "shard": np.array([str(shard)]),
             "files": np.array([len(items)]),
@@ -137,35 +151,37 @@ class ShardWriter:
         }
 
 
-def run(opts: Options, ray_opts: RayOptions | None = None) -> Summary:
+def run(opts: Options, ray_opts: RayOptions | None = None,
+        features_fn: FeatureFn | None = None) -> Summary:
     """`runner.run` on Ray: extract `opts.directory` into `opts.out`, resuming what is there.
 
-    Augmented views (`opts.augment`) are refused: the Ray workers make none yet, and a cache
-    or a prediction without the views asked for must not pass for one with them."""
-    if opts.augment:
-        raise ExtractError(
-            f"augment={opts.augment}: the Ray engine does not make augmented views yet; run "
-            f"with the local engine (engine=\"local\", --engine local) to store them"
-        )
+    `features_fn`: shipped to every actor to make the features instead of the conv base (as
+    `runner.run`'s, for tests); it must pickle."""
     with lock_output(opts.out):
-        return _run(opts, ray_opts or RayOptions())
+        return _run(opts, ray_opts or RayOptions(), features_fn)
 
 
-def _run(opts: Options, ray_opts: RayOptions) -> Summary:
+def _run(opts: Options, ray_opts: RayOptions, features_fn: FeatureFn | None) -> Summary:
     t0 = time.perf_counter()
     listing, spec, weights_path = plan(opts)
     sdir = ray_opts.shards_dir or sh.shards_dir(opts.out)
-    summary = Summary(out=opts.out, class_names=listing.class_names, runtime=spec.runtime)
+    summary = Summary(out=opts.out, class_names=listing.class_names, runtime=spec.runtime,
+                      precision=spec.precision)
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    prior = sh.load_shards(sdir, spec)
+    augment = opts.augmentation
+    # Under the lock: a shard's temporary file is a killed worker's, never to be finished.
+    for stale in sh.remove_stale_temps(sdir):
+        logger.info("removed %s, left by an interrupted worker", stale.name)
+    prior = sh.load_shards(sdir, spec, augment=augment)
     if opts.out.exists() and rowstore.is_index(opts.out):
         # A cache a local run appended to: made self-contained, it counts as a shard below.
         rowstore.compact(opts.out)
     base: sh.Shard | None = None
     if opts.out.exists() and not sh.is_virtual(opts.out):
-        base = sh.read_shard(opts.out, spec)  # a self-contained cache: its rows count as done
+        # A self-contained cache: its rows count as done.
+        base = sh.read_shard(opts.out, spec, augment)
     done, retry = _done(listing.root, [*([base] if base else []), *prior])
     todo = [p for p in listing.labels if p not in done or p in retry]
     summary.already_cached = len(listing.labels) - len(todo)
@@ -176,19 +192,20 @@ def _run(opts: Options, ray_opts: RayOptions) -> Summary:
         t_loop = time.perf_counter()
         try:
             reported = _extract(opts, ray_opts, listing.root, todo, spec, weights_path, sdir,
-                                summary)
+                                summary, features_fn)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
-    shards = sh.load_shards(sdir, spec, expected=reported)
-    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec):
-        shards = sh.load_shards(sdir, spec)
+    shards = sh.load_shards(sdir, spec, expected=reported, augment=augment)
+    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec, augment):
+        shards = sh.load_shards(sdir, spec, augment=augment)
     if base is not None:
         sdir.mkdir(parents=True, exist_ok=True)
         moved = sdir / f"base-{time.time_ns()}.h5"
         os.replace(opts.out, moved)  # mtime kept: older than every shard, so they win
-        shards.insert(0, sh.read_shard(moved, spec))
-    extra = {**_extra_attrs(opts, weights_path), "engine": "ray"}
+        shards.insert(0, sh.read_shard(moved, spec, augment))
+    extra = {**extra_attrs(opts, weights_path, spec.quantized_sha256), **augment.to_attrs(),
+             "engine": "ray"}
     summary.total, summary.skipped = sh.merge(
         opts.out, shards, listing.labels, listing.class_names, spec, extra
     )
@@ -236,14 +253,19 @@ def _done(root: Path, shards: list[sh.Shard]) -> tuple[set[str], set[str]]:
     return rows | set(skipped_at), retry
 
 
+#: CPUs a read task asks for. It only reads files' bytes; asking for a whole CPU would leave a
+#: node of 1 CPU, once an actor holds part of it, unable to run any read: the job would hang.
+READ_CPUS = 0.25
+
+
 def _actor_resources(ray: Any, actors: int | None) -> tuple[int, float]:
-    """(actors, CPUs each): leave one CPU per node to the read tasks, or they never run."""
+    """(actors, CPUs each): leave `READ_CPUS` per node to the read tasks, or they never run."""
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
     per_node = [float(n["Resources"]["CPU"]) for n in nodes] or [1.0]
     total = sum(per_node)
     n = actors or len(per_node)
-    each = (total - len(per_node)) / n
-    each = min(each, max(per_node) - 1)
+    each = (total - READ_CPUS * len(per_node)) / n
+    each = min(each, max(per_node) - READ_CPUS)
     return n, max(0.25, math.floor(each * 4) / 4)
 
 
@@ -256,6 +278,7 @@ def _extract(
     weights_path: Path,
     sdir: Path,
     summary: Summary,
+    features_fn: FeatureFn | None = None,
 ) -> list[Path]:
     from tqdm import tqdm
 
@@ -279,13 +302,15 @@ def _extract(
         root_s = str(root.resolve())
         sdir.mkdir(parents=True, exist_ok=True)
         ds = ray.data.read_binary_files(
-            [f"{root_s}/{p}" for p in todo], include_paths=True, ignore_missing_paths=True
+            [f"{root_s}/{p}" for p in todo], include_paths=True, ignore_missing_paths=True,
+            num_cpus=READ_CPUS,
         ).map_batches(
             ShardWriter,
             fn_constructor_kwargs=dict(
                 weights=str(weights_path), spec=spec.to_dict(), root=root_s,
                 out_dir=str(sdir.resolve()), batch_size=opts.batch_size,
                 threads=max(1, math.ceil(cpus)), started_ns=time.time_ns(),
+                augment=opts.augmentation.to_attrs(), features_fn=features_fn,
             ),
             batch_size=opts.checkpoint_every,
             batch_format="numpy",
@@ -295,20 +320,42 @@ def _extract(
         reported: list[Path] = []
         bar = tqdm(total=len(todo), unit="img", disable=not opts.progress, dynamic_ncols=True)
         with bar:
-            for row in ds.iter_rows():
-                reported.append(Path(str(row["shard"])))
-                summary.extracted += int(row["extracted"])
-                summary.duplicates += int(row["duplicates"])
-                bar.update(int(row["files"]))
+            try:
+                for row in ds.iter_rows():
+                    reported.append(Path(str(row["shard"])))
+                    summary.extracted += int(row["extracted"])
+                    summary.duplicates += int(row["duplicates"])
+                    bar.update(int(row["files"]))
+            except ray.exceptions.RayError as exc:
+                # What Ray retries (lost actors, nodes, objects) it has retried by now; what
+                # is left is an error in a batch itself, or a cluster that lost too much.
+                raise ExtractError(
+                    f"the Ray job failed after {len(reported)} batch(es) ({_gist(exc)}). "
+                    f"Their shards are kept in {sdir}: run the same command again to extract "
+                    "the rest"
+                ) from exc
     finally:
         if started:
             ray.shutdown()
     return reported
 
 
+def _gist(exc: BaseException) -> str:
+    """The error under a Ray error, whose text is a whole remote traceback, in one line: the
+    first `SomeError: message` line not raised by Ray itself."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if _ERROR_LINE.match(line) and not line.startswith("ray."):
+            return line
+    return lines[-1] if lines else type(exc).__name__
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
+
+
 def _record_vanished(
     root: Path, todo: list[str], shards: list[sh.Shard], reported: list[Path], sdir: Path,
-    spec: FeatureSpec,
+    spec: FeatureSpec, augment: AugmentSettings,
 ) -> bool:
     """Files gone before they were read become skipped rows; any other gap is an error."""
     mine = {p.resolve() for p in reported}
@@ -325,5 +372,6 @@ def _record_vanished(
         raise ExtractError(f"{len(present)} file(s) came back from no worker (first: "
                            f"{present[0]}); run the same command again to extract them")
     sh.write_shard(sdir, spec, [], [], named.empty(spec),
-                   [(p, "unreadable file: gone before it was read") for p in lost])
+                   [(p, "unreadable file: gone before it was read") for p in lost],
+                   augment=augment)
     return True

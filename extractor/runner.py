@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from extractor import augment as aug
 from extractor import backbone as bb
+from extractor import features as named
 from extractor import locking
 from extractor.atomic import remove_stale_temps
 from extractor.cache import (
@@ -321,10 +322,7 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
 
     if todo:
         if features_fn is None:
-            features_fn = bb.ConvBase(weights_path, opts.image_size, opts.layer, spec.runtime,
-                                      threads=opts.threads, pooled_layers=spec.pooled_layers,
-                                      precision=spec.precision,
-                                      quantized_sha256=spec.quantized_sha256 or None)
+            features_fn = conv_base(weights_path, spec, opts.threads)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
@@ -347,7 +345,7 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     if changed:
         summary.total, summary.skipped = consolidate(
             opts.out, staging, listing.labels, listing.class_names,
-            _extra_attrs(opts, weights_path, spec.quantized_sha256), verified,
+            extra_attrs(opts, weights_path, spec.quantized_sha256), verified,
         )
     else:
         # Nothing new: files that failed before failed again; keep the cache file as it is.
@@ -397,7 +395,35 @@ def _unchanged(
     return (True, identity(st, checked_at)) if same else (False, None)
 
 
-def _extra_attrs(opts: Options, weights_path: Path, quantized_sha256: str = "") -> dict[str, str]:
+def conv_base(weights_path: Path, spec: FeatureSpec, threads: int | None = None) -> bb.ConvBase:
+    """The conv base that makes `spec`'s features (both engines build it here)."""
+    return bb.ConvBase(weights_path, spec.input_size, spec.layer, spec.runtime, threads=threads,
+                       pooled_layers=spec.pooled_layers, precision=spec.precision,
+                       quantized_sha256=spec.quantized_sha256 or None)
+
+
+def forward(
+    features_fn: FeatureFn, items: Sequence[LoadedFile], spec: FeatureSpec,
+    batch_size: int | None = None,
+) -> Features:
+    """The features of every row of `items` (each image, then its views), in that order, run
+    `batch_size` rows at a time (None: all at once) and checked against `spec`."""
+    rows = [px for item in items for px in item.rows]
+    if not rows:
+        return named.empty(spec)
+    step = batch_size or len(rows)
+    try:
+        chunks = [as_features(features_fn(np.stack(rows[i : i + step])), spec,
+                              len(rows[i : i + step]))
+                  for i in range(0, len(rows), step)]
+    except ValueError as exc:
+        raise ExtractError(f"the conv base does not give the features this cache stores: "
+                           f"{exc}") from None
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+def extra_attrs(opts: Options, weights_path: Path, quantized_sha256: str = "") -> dict[str, str]:
+    """Cache attributes that describe the run (not the features): both engines write them."""
     import importlib.metadata as md
 
     try:
@@ -445,12 +471,7 @@ def _extract(
         nonlocal pending_rows
         if not pending:
             return
-        batch = np.stack([px for item in pending for px in item.rows])
-        try:
-            feats = as_features(features_fn(batch), staging.spec, len(batch))
-        except ValueError as exc:
-            raise ExtractError(f"the conv base does not give the features this cache stores: "
-                               f"{exc}") from None
+        feats = forward(features_fn, pending, staging.spec)
         row = 0
         for item in pending:
             for view in range(len(item.rows)):

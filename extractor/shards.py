@@ -6,10 +6,11 @@ user names). A shard has the cache's layout without `labels`:
     /features         (K, H, W, C) float32, gzip level 1, the row of each path below
     /pooled/<layer>/avg|max  (K, C) float32: pooled vectors of the spec's pooled_layers
     /paths, /sha256   (K,) the files the rows belong to (relative to the extracted folder)
+    /view             (K,) int16: 0 for an image, 1..V for its augmented views (as in a cache)
     /file_size, /file_mtime_ns  (K,) each file's size and mtime when read (-1: unknown)
     /skipped/paths    (M,) files that could not be used ...
     /skipped/reasons  (M,) ... and why
-    attributes        format = featcache-shard/1 and the feature spec
+    attributes        format = featcache-shard/1, the feature spec and the views' settings
 
 A plain cache (`featcache/1`) has the same datasets, so a previous self-contained cache can be
 used as a shard too. `merge` writes the cache file itself: `labels`, `paths`, `sha256` and
@@ -39,6 +40,7 @@ from numpy.typing import NDArray
 from extractor.atomic import atomic_h5
 from extractor.cache import (
     FORMAT,
+    AugmentSettings,
     CacheError,
     _chunk_rows,
     _create_dataset,
@@ -87,14 +89,23 @@ def write_shard(
     features: Features | NDArray[np.float32],
     skipped: Sequence[tuple[str, str]],
     file_stats: Sequence[FileStat] | None = None,
+    views: Sequence[int] | None = None,
+    augment: AugmentSettings | None = None,
 ) -> Path:
-    """Write one shard atomically (temporary name, then rename) and return its path."""
+    """Write one shard atomically (temporary name, then rename) and return its path.
+
+    One row per (file, view): `paths`, `sha256`, `file_stats` and `views` (None: all 0) name
+    each row; an image's views follow it, as in a cache."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / shard_name([*paths, *(p for p, _ in skipped)])
+    path = directory / shard_name([*dict.fromkeys(paths), *(p for p, _ in skipped)])
     with atomic_h5(path) as f:
         write_spec(f.attrs, spec)
+        for key, value in (augment or AugmentSettings()).to_attrs().items():
+            f.attrs[key] = value
         f.attrs["format"] = SHARD_FORMAT
         write_rows(f, spec, features, paths, sha256, skipped, file_stats)
+        f.create_dataset("view", data=np.asarray(views if views is not None else
+                                                 np.zeros(len(paths)), np.int16))
     return path
 
 
@@ -107,10 +118,15 @@ class Shard:
     mtime: float
     #: Each row's file size and mtime when read; None for shards made before they were kept.
     stats: list[FileStat] | None = None
+    #: Each row's view: 0 for the image, 1..V for its augmented views.
+    views: list[int] = dataclasses.field(default_factory=list)
 
 
-def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
-    """Open and check one shard: readable, a shard or cache, rows complete, same settings."""
+def read_shard(
+    path: Path, spec: FeatureSpec | None = None, augment: AugmentSettings | None = None
+) -> Shard:
+    """Open and check one shard: readable, a shard or cache, rows complete, same settings
+    (`spec`, and `augment` when given: the same views)."""
     try:
         f = h5py.File(path, "r")
     except FileNotFoundError:
@@ -134,13 +150,25 @@ def read_shard(path: Path, spec: FeatureSpec | None = None) -> Shard:
                 if dataset not in f or f[dataset].shape[0] != len(paths):
                     raise ShardError(f"shard {path} is incomplete: no {len(paths)} rows of "
                                      f"{dataset}")
+            if augment is not None and AugmentSettings.from_attrs(attrs) != augment:
+                diffs.append("augmented views")
             if diffs:
                 raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
                                  " delete it or use another shards folder")
         skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
                            strict=True))
         stats = _read_stats(f, "", len(paths)) if "file_size" in f else None
-    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats)
+        views = f["view"][:].tolist() if "view" in f else [0] * len(paths)
+    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats, views)
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete the temporaries of shard writes that never finished (a worker killed mid-write);
+    only while no one writes shards here (the driver holds the cache's lock)."""
+    stale = sorted(directory.glob(".shard-*.h5.tmp-*")) if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def list_shards(directory: Path) -> list[Path]:
@@ -151,7 +179,8 @@ def list_shards(directory: Path) -> list[Path]:
 
 
 def load_shards(
-    directory: Path, spec: FeatureSpec | None, expected: Sequence[Path] = ()
+    directory: Path, spec: FeatureSpec | None, expected: Sequence[Path] = (),
+    augment: AugmentSettings | None = None,
 ) -> list[Shard]:
     """Every shard in `directory`, oldest first, checked; each of `expected` must be there.
 
@@ -166,7 +195,7 @@ def load_shards(
             f"driver sees it (first: {missing[0]}). Shards must live on storage that every "
             "node and the driver can read (--shards-dir on a shared file system)"
         )
-    shards = [read_shard(p, spec) for p in list_shards(directory)]
+    shards = [read_shard(p, spec, augment) for p in list_shards(directory)]
     return sorted(shards, key=lambda s: (s.mtime, s.path.name))
 
 
@@ -176,6 +205,7 @@ class _Row:
     shard: int
     index: int
     stat: FileStat = UNKNOWN
+    view: int = 0
 
 
 def merge(
@@ -189,22 +219,28 @@ def merge(
     """Write `cache_path` as a virtual dataset over `shards`; return (rows, skipped files).
 
     Only paths in `labels` (the folder as scanned now) are kept, sorted as the local engine
-    sorts them. When shards disagree about a path, a row beats a skip and the newest shard wins.
+    sorts them, each image's views after it. When shards disagree about a path, a row beats a
+    skip and the newest shard wins (all of the path's rows come from that shard).
+    The views' settings (`augment_*` attributes) belong in `extra_attrs`.
     """
-    rows: dict[str, _Row] = {}
+    rows: dict[str, list[_Row]] = {}
     skipped: dict[str, str] = {}
     for k, shard in enumerate(shards):
         stats = shard.stats or [UNKNOWN] * len(shard.paths)
+        views = shard.views or [0] * len(shard.paths)
+        fresh: dict[str, list[_Row]] = {}
         for i, (p, s) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
-            rows[p] = _Row(s, k, i, stats[i])
+            fresh.setdefault(p, []).append(_Row(s, k, i, stats[i], views[i]))
+        rows.update(fresh)
         skipped.update(shard.skipped)
-    keep = sorted(p for p in rows if p in labels)
+    images = sorted(p for p in rows if p in labels)
     skip_keep = sorted(p for p in skipped if p in labels and p not in rows)
+    keep = [(p, row) for p in images for row in sorted(rows[p], key=lambda r: r.view)]
     n = len(keep)
     base = cache_path.parent
     with atomic_h5(cache_path) as out:
         _set_attrs(out, spec, class_names, extra_attrs)
-        runs = _runs([rows[p] for p in keep])
+        runs = _runs([row for _, row in keep])
         for dataset, shape in feature_datasets(spec).values():
             if not n:
                 _create_dataset(out, dataset, 0, shape)
@@ -219,16 +255,16 @@ def merge(
             group = out.require_group(parent) if parent else out
             # NaN, not 0: ReLU features are mostly zeros, so a zero fill would pass for data.
             group.create_virtual_dataset(leaf, layout, fillvalue=np.nan)
-        out.create_dataset("labels", data=np.array([labels[p] for p in keep], np.int32))
-        _write_strings(out, "paths", keep)
-        _write_strings(out, "sha256", [rows[p].sha256 for p in keep])
-        _write_stats(out, "", [rows[p].stat for p in keep])
-        out.create_dataset("view", data=np.zeros(n, np.int16))  # no augmented views on Ray
+        out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
+        _write_strings(out, "paths", [p for p, _ in keep])
+        _write_strings(out, "sha256", [row.sha256 for _, row in keep])
+        _write_stats(out, "", [row.stat for _, row in keep])
+        out.create_dataset("view", data=np.array([row.view for _, row in keep], np.int16))
         grp = out.create_group("skipped")
         _write_strings(grp, "paths", skip_keep)
         _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
         label_dims(out, spec)
-    return n, [(p, skipped[p]) for p in skip_keep]
+    return len(images), [(p, skipped[p]) for p in skip_keep]
 
 
 def _runs(rows: Sequence[_Row]) -> list[tuple[int, int, int, int]]:

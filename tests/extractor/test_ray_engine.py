@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,28 +124,6 @@ def test_without_ray_the_message_says_how_to_install(
 
 
 # --------------------------------------------------------------------------- on Ray, real model
-
-
-@pytest.fixture(scope="session")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One small local Ray for the session: 2 CPUs, no dashboard, files under a temp dir."""
-    import ray
-
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes a token under the home folder
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-                 _node_ip_address="127.0.0.1",
-                 _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
-                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}})
-    yield ray
-    if started:
-        ray.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _folder(elpv_dir: Path, root: Path, n: int) -> Path:
@@ -336,3 +312,140 @@ def test_ray_engine_on_a_cache_a_local_run_appended_to(
     with open_cache(out) as r, open_cache(reference) as lo:
         assert r.paths == lo.paths and r.sha256 == lo.sha256 and len(r) == 7
         np.testing.assert_allclose(r.read()[0], lo.read()[0], rtol=1e-5, atol=1e-4)
+
+
+# ----------------------------------------------------------- parity: views, int8, predict (#17)
+
+
+def _same_cache(ray_out: Path, local_out: Path, rtol: float = 1e-5, atol: float = 1e-4) -> None:
+    """Same rows (paths, views, hashes, labels), skips, settings and features within tolerance."""
+    with open_cache(ray_out) as r, open_cache(local_out) as lo:
+        assert r.paths == lo.paths and r.views.tolist() == lo.views.tolist()
+        assert r.sha256 == lo.sha256 and r.labels.tolist() == lo.labels.tolist()
+        assert r.skipped == lo.skipped and r.n_images == lo.n_images
+        assert r.spec == lo.spec and r.augmentation == lo.augmentation
+        ours, theirs = r.attrs, lo.attrs
+        assert {k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k)} - {"created"} == {
+            "engine"}
+        names = r.spec.stored_names()
+        ours_named, theirs_named = r.read_named(names), lo.read_named(names)
+        for name in names:
+            assert not np.isnan(ours_named[name]).any(), name
+            np.testing.assert_allclose(ours_named[name], theirs_named[name], rtol=rtol,
+                                       atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize(("mode", "views"), [("recipe", 2), ("dihedral", 3), ("flips", 1)])
+def test_ray_engine_makes_every_views_mode_as_the_local_engine(
+    local_ray: Any, tmp_path: Path, mode: str, views: int
+) -> None:
+    from fakes import fake_features, make_folder, opts
+    from ray_faults import ship
+
+    from extractor import ray_engine
+    from extractor.runner import run
+
+    ship()
+    folder = make_folder(tmp_path / "imgs", per_class=3)
+    shutil.copy(folder / "cat" / "cat000.png", folder / "dog" / "same-as-cat.png")
+    (folder / "dog" / "broken.png").write_text("not an image")
+    kw = dict(augment=views, augment_mode=mode, augment_seed=3, checkpoint_every=4)
+    summary = ray_engine.run(opts(folder, tmp_path / "ray.h5", **kw), ray_engine.RayOptions(
+        actors=1), features_fn=fake_features)
+    run(opts(folder, tmp_path / "local.h5", **kw), features_fn=fake_features)
+    assert summary.total == 7 and len(summary.skipped) == 1
+    _same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+    with open_cache(tmp_path / "ray.h5") as c:
+        assert len(c) == 7 * (views + 1) and c.augmentation.mode == mode
+    # Resumed with other views: the shards are refused, never mixed in.
+    with pytest.raises(ExtractError, match="augmented views"):
+        ray_engine.run(opts(folder, tmp_path / "ray.h5", **{**kw, "augment_seed": 4}),
+                       ray_engine.RayOptions(actors=1), features_fn=fake_features)
+
+
+@pytest.mark.slow
+def test_ray_engine_views_and_int8_equal_the_local_engine_on_real_weights(
+    local_ray: Any, elpv_dir: Path, weights_path: Path, tmp_path: Path
+) -> None:
+    from extractor import ray_engine
+    from extractor.runner import run
+
+    images = tmp_path / "images"
+    for cls in ("defective", "functional"):
+        (images / cls).mkdir(parents=True)
+        for src in sorted((elpv_dir / "train" / cls).iterdir())[:2]:
+            shutil.copy(src, images / cls / src.name)
+    cases: dict[str, dict[str, Any]] = {
+        "views": dict(runtime="keras", augment=2, augment_mode="recipe",
+                      pooled_layers=("block4_pool", "block5_pool")),
+        "int8": dict(precision="int8"),  # this CPU's own int8 model (scheme by its family)
+    }
+    for name, kw in cases.items():
+        common = dict(directory=images, weights=str(weights_path), progress=False,
+                      checkpoint_every=2, **kw)
+        ray_out, local_out = tmp_path / f"ray-{name}.h5", tmp_path / f"local-{name}.h5"
+        ray_engine.run(Options(out=ray_out, **common), ray_engine.RayOptions(actors=1))
+        run(Options(out=local_out, **common))
+        _same_cache(ray_out, local_out)
+        with open_cache(ray_out) as c:
+            assert len(c) == 4 * (1 + int(kw.get("augment", 0))), name
+            assert c.spec.precision == kw.get("precision", "fp32")
+
+
+@pytest.mark.slow
+def test_predict_on_ray_with_a_views_head_equals_local_predict(
+    local_ray: Any, small_image_dir: Path, conv_base: Any, tmp_path: Path
+) -> None:
+    """A head trained on flipped views: `predict --engine ray` extracts the same views on Ray
+    and averages over them, giving the local engine's probabilities."""
+    import csv
+
+    from classifier.artifact import load_head
+    from classifier.predict_cli import main as predict
+    from classifier.training import train
+    from extractor.runner import run
+
+    images = tmp_path / "images"
+    for cls in ("defective", "functional"):
+        (images / cls).mkdir(parents=True)
+        for f in sorted((small_image_dir / cls).iterdir())[:4]:
+            shutil.copy(f, images / cls / f.name)
+    train_cache = tmp_path / "flips.h5"
+    run(Options(directory=images, out=train_cache, progress=False, augment=1,
+                augment_mode="flips"), features_fn=conv_base)
+    head_dir = train(train_cache, tmp_path / "head", cv=0, val_split=0.5)
+    head = load_head(head_dir)
+    assert (head.views.count, head.views.mode) == (1, "flips")
+
+    got: dict[str, dict[str, list[float]]] = {}
+    for engine in ("ray", "local"):
+        out = tmp_path / f"{engine}.csv"
+        assert predict(["--head", str(head_dir), "--dir", str(images), "--out", str(out),
+                        "--cache", str(tmp_path / f"{engine}.h5"), "--engine", engine,
+                        "--actors", "1", "--runtime", "keras", "-q"]) == 0
+        with open(out, newline="") as fh:
+            got[engine] = {r["path"]: [float(r[f"p_{c}"]) for c in head.classes_]
+                           for r in csv.DictReader(fh)}
+    with open_cache(tmp_path / "ray.h5") as c:
+        assert sh.is_virtual(tmp_path / "ray.h5")
+        assert len(c) == 16 and c.views.tolist() == [0, 1] * 8  # each file and its mirror
+    assert sorted(got["ray"]) == sorted(got["local"]) and len(got["ray"]) == 8
+    for path, proba in got["ray"].items():
+        np.testing.assert_allclose(proba, got["local"][path], atol=1e-5, err_msg=path)
+
+
+@pytest.mark.slow
+def test_the_python_api_makes_views_on_ray(
+    local_ray: Any, elpv_dir: Path, weights_path: Path, tmp_path: Path
+) -> None:
+    """`featcache.extract(engine="ray", augment=...)` stores the views it asks for, as the local
+    engine does (issue 20 item 15 found them dropped silently)."""
+    import featcache
+
+    images = _folder(elpv_dir, tmp_path / "images", 2)
+    kw = dict(weights=str(weights_path), runtime="keras", augment=1, augment_mode="flips")
+    featcache.extract(images, tmp_path / "ray.h5", engine="ray", actors=1, **kw)
+    featcache.extract(images, tmp_path / "local.h5", **kw)
+    with open_cache(tmp_path / "ray.h5") as c:
+        assert len(c) == 2 * c.n_images and c.augmentation.mode == "flips"
+    _same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
