@@ -99,7 +99,8 @@ def _main(argv: list[str] | None, prog: str) -> int:
             tta=args.tta,
         )
         predictions = predict_cache(head, cache, args.dir, progress=progress, tta=args.tta)
-        write_predictions(predictions, head.classes_, args.out)
+        write_predictions(predictions, head.classes_, args.out,
+                          trust=head.detector is not None or head.abstain_below is not None)
     except (ValueError, RuntimeError, OSError) as exc:
         return console.fail(prog, exc)
     errors = sum(1 for p in predictions if p.error is not None)

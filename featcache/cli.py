@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "serve heads over HTTP"),
     "info": ("featcache.cli", "build_info_parser", "info_main",
              "describe a feature cache or a head"),
+    "drift": ("classifier.drift_cli", "build_parser", "main",
+              "compare a new cache with a head's training images"),
 }
 
 EPILOG = """\

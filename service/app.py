@@ -242,7 +242,7 @@ def create_app(
                 max_upload_bytes=settings.max_upload_bytes,
                 max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
                 request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
-                tta=settings.tta,
+                tta=settings.tta, refuse_ood=settings.refuse_ood,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)

@@ -4,7 +4,9 @@
     ├── InvalidRequestError (422 invalid_request)
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
     │   ├── ImageTooLargeError (413 image_too_large): more pixels than max_image_pixels
-    │   └── HeadRequiredError (422 head_required): several heads served, none named, no default
+    │   ├── HeadRequiredError (422 head_required): several heads served, none named, no default
+    │   └── OutOfDistributionError (422 out_of_distribution): unlike the head's training images,
+    │       refused because FEATCACHE_REFUSE_OOD is set
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
@@ -51,6 +53,10 @@ class InvalidImageError(InvalidRequestError):
 class ImageTooLargeError(InvalidRequestError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "image_too_large"
+
+
+class OutOfDistributionError(InvalidRequestError):
+    code = "out_of_distribution"
 
 
 class UploadTooLargeError(ServiceError):

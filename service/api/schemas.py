@@ -18,7 +18,7 @@ class ErrorResponse(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    label: str
+    label: str | None = Field(description="The predicted class; null when the head abstained")
     probabilities: dict[str, float] = Field(description="Class name -> probability")
     head: str
     version: str | None = Field(
@@ -32,6 +32,15 @@ class PredictionResponse(BaseModel):
     timings_ms: dict[str, float] = Field(
         description="hash, decode, queue (waiting for a batch), forward, head and total"
     )
+    ood_score: float | None = Field(
+        default=None, description="Out-of-distribution score of the image: the guard's "
+        "distance over its threshold (above 1.0: unlike the training images); null for a head "
+        "without a guard")
+    in_distribution: bool | None = Field(
+        default=None, description="ood_score <= 1.0; null for a head without a guard")
+    abstained: bool = Field(
+        default=False, description="True when the head's confidence was below its abstention "
+        "threshold (train-head --target-accuracy): label is then null")
 
 
 class BatchItem(BaseModel):
@@ -44,6 +53,9 @@ class BatchItem(BaseModel):
     cached: bool | None = None
     views: int | None = None
     timings_ms: dict[str, float] | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    abstained: bool | None = None
     error: ErrorDetail | None = None
 
 
