@@ -2,9 +2,10 @@
 
 In-set: the ELPV validation images (their cache). Out-sets, all shipped with installed packages
 (nothing downloaded): scikit-image's sample photos, random crops of them, the same photos
-rescaled down to 32 px and back, scikit-learn's two sample photos cut into crops, the LFW faces
-scikit-image ships (the first 50, 25x25), uniform and Gaussian noise, flat images (one colour or grey level),
-and, as a near set (no goal), every 4th ELPV validation image darkened to half brightness. Every
+rescaled down to 32 px and back, scikit-learn's two sample photos cut into crops, the first
+50 LFW faces scikit-image ships (25x25), uniform and Gaussian noise, flat images (one colour or
+grey level), and, as a near set (no goal), every 4th ELPV validation image darkened to half
+brightness. Every
 out-set image goes the way an upload goes: encoded as PNG, decoded and resized by
 `extractor.images.decode_image`, then through the real conv base; their features are kept in
 --work so a rerun skips the conv base.
