@@ -223,9 +223,11 @@ def _fit_arrays(method: str, v: NDArray[np.float32], shrinkage: str, k: int
         den = (n + 1) * (alpha - mu ** 2 / d)
         s = 1.0 if den == 0 else min(num / den, 1.0)
     else:
-        from sklearn.covariance import ledoit_wolf_shrinkage
-
-        s = float(ledoit_wolf_shrinkage(zc, assume_centered=True))
+        # scikit-learn's ledoit_wolf_shrinkage, from the n x n side: it forms D x D products.
+        row4 = float(np.sum(np.einsum("ij,ij->i", zc, zc) ** 2))
+        delta = (tr_s2 - 2 * mu * eig.sum() + d * mu ** 2) / d
+        beta = min((row4 / n - tr_s2) / (d * n), delta)
+        s = 0.0 if beta == 0 else float(beta / delta)
     keep = eig > eig.max() * 1e-9
     out["components"] = vt[keep].astype(np.float32)
     out["inv_variances"] = (1.0 / ((1 - s) * eig[keep] + s * mu)).astype(np.float32)
