@@ -178,9 +178,10 @@ def standardise(v: NDArray[np.float32], mean: NDArray[np.float32],
 
 def _mahalanobis(z: NDArray[np.float32], components: NDArray[np.float32],
                  inv_var: NDArray[np.float32], inv_residual: float) -> NDArray[np.float64]:
-    # The mean is 0 after standardising: z is already centred.
+    # The mean is 0 after standardising: z is already centred. The projection stays in
+    # float32 (converting the (k, D) components on every call cost more than the product).
+    p = (z @ components.T).astype(np.float64)
     zz = z.astype(np.float64)
-    p = zz @ components.T.astype(np.float64)
     total = np.einsum("ij,ij->i", zz, zz)
     d2 = (p * p) @ inv_var.astype(np.float64) + (total - np.einsum("ij,ij->i", p, p)) * inv_residual
     return np.sqrt(np.maximum(d2, 0.0))
