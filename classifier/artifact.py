@@ -5,6 +5,8 @@
                                versions, created, model file name and its SHA-256
         model.keras            dense heads (Keras format, loaded with safe_mode=True)
         model.skops            scikit-learn heads (skops, loaded with an explicit type allowlist)
+        ood.npz                the out-of-distribution guard's arrays (classifier/ood.py), when
+                               fitted; numpy only, read with allow_pickle=False
         confusion_matrix.png   on the validation set
         training_curves.png    dense heads: accuracy and loss per epoch, training vs validation
 
@@ -33,6 +35,7 @@ from numpy.typing import NDArray
 from classifier import plots
 from classifier.errors import ArtifactError, ModelHashError
 from classifier.heads import Head, json_params
+from classifier.ood import OODDetector
 from classifier.views import Views
 from extractor import FeatureSpec
 from extractor.atomic import atomic_dir
@@ -79,6 +82,7 @@ def save_head(
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    detector: OODDetector | None = None,
 ) -> Path:
     """Write a fitted head as an artifact directory; return its path.
 
@@ -97,6 +101,11 @@ def save_head(
         model_path = head.save_model(tmp)
         files = [model_path.name]
         metrics = dict(metrics or {})
+        guard: dict[str, Any] = {}
+        if detector is not None:
+            guard_path = detector.save(tmp)
+            files.append(guard_path.name)
+            guard = {"ood": {**detector.to_dict(), "sha256": _sha256(guard_path)}}
         if head.history_:
             plots.training_curves(head.history_, tmp / CURVES_PNG)
             files.append(CURVES_PNG)
@@ -122,6 +131,7 @@ def save_head(
             "files": files,
             "versions": library_versions(),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **guard,
             **dict(extra or {}),
         }
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
@@ -165,7 +175,8 @@ class LoadedHead:
     or `extractor.backbone.ConvBase` gives), or the main maps as an array.
     """
 
-    def __init__(self, path: Path, head: Head, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: Path, head: Head, metadata: dict[str, Any],
+                 detector: OODDetector | None = None) -> None:
         self.path = path
         self.name: str = path.name
         self.head = head
@@ -181,6 +192,19 @@ class LoadedHead:
         #: The views the head was trained on, which it averages over at prediction time.
         self.views: Views = Views.from_dict(metadata.get("views")) if metadata.get(
             "tta", True) else Views()
+        #: The out-of-distribution guard (None: a head trained without one, or before them).
+        self.detector = detector
+        #: Below this confidence (highest probability) the head abstains; None: never.
+        abstention = metadata.get("abstention") or {}
+        self.abstain_below: float | None = (float(abstention["threshold"])
+                                            if "threshold" in abstention else None)
+
+    def ood_scores(self, features: Mapping[str, Any]) -> NDArray[np.float64] | None:
+        """(N,) out-of-distribution scores (1.0 is the threshold; above: out of
+        distribution), or None for a head without a detector."""
+        if self.detector is None:
+            return None
+        return self.detector.scores(features)
 
     def predict_proba(self, features: Any) -> NDArray[np.float64]:
         if isinstance(features, Mapping):
@@ -260,4 +284,20 @@ def load_head(path: str | os.PathLike[str]) -> LoadedHead:
         raise
     except TypeError as exc:  # unknown or missing params
         raise ArtifactError(f"{directory / METADATA} has invalid params ({exc})") from None
-    return LoadedHead(directory, head, metadata)
+    return LoadedHead(directory, head, metadata, _load_detector(directory, metadata))
+
+
+def _load_detector(directory: Path, metadata: Mapping[str, Any]) -> OODDetector | None:
+    """The head's out-of-distribution guard, checked against its SHA-256; None without one."""
+    guard = metadata.get("ood")
+    if not guard:
+        return None
+    if not isinstance(guard, dict):
+        raise ArtifactError(f"{directory / METADATA}: 'ood' must be an object")
+    path = directory / str(guard.get("file", "ood.npz"))
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is missing its detector file {path.name}")
+    if _sha256(path) != guard.get("sha256"):
+        raise ArtifactError(f"{path} does not match the SHA-256 in its metadata: the file was "
+                            "damaged or modified after training; refusing to load it")
+    return OODDetector.load(directory, guard)

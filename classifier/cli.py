@@ -68,6 +68,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 0.5 (exclusive); got {text}")
+    return value
+
+
+def _accuracy(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]; got {text}")
+    return value
+
+
 def _layer_list(text: str) -> list[str]:
     from extractor.backbone import LAYERS
 
@@ -155,6 +169,19 @@ def build_train_parser(prog: str = "train-head") -> argparse.ArgumentParser:
     f.add_argument("--weights", default=None,
                    help="VGG16 weights block5 starts from: the ones the cache was made with "
                    "(default: $FEATCACHE_WEIGHTS, else imagenet)")
+    t = p.add_argument_group("trust (out-of-distribution guard, abstention)")
+    t.add_argument("--ood", choices=("mahalanobis", "knn", "none"), default="mahalanobis",
+                   help="out-of-distribution detector fitted on the training images' pooled "
+                   "vectors: Mahalanobis distance under a shrunk (Ledoit-Wolf) covariance, or "
+                   "distance to the 5th nearest training image; none fits no guard "
+                   "(default: %(default)s)")
+    t.add_argument("--false-alarm-rate", type=_rate, default=0.01, metavar="RATE",
+                   help="share of in-distribution images the guard may flag: its threshold is "
+                   "set there by 5-fold CV on the training images (default: %(default)s)")
+    t.add_argument("--target-accuracy", type=_accuracy, default=None, metavar="A",
+                   help="choose by --cv-fold CV the confidence (highest probability) below which "
+                   "the head abstains so that the images it answers reach accuracy A, e.g. "
+                   "0.95; serve then answers label null, abstained true (default: never abstain)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     console.add_common(p, json_help="print the summary as JSON on stdout (even with -q): the "
                        "head, its kind, features, CV choice, train and validation accuracy")
@@ -208,7 +235,10 @@ def _train(argv: list[str] | None, prog: str) -> int:
         path = train(args.cache, out, head=args.head, val_cache=args.val_cache,
                      val_split=args.val_split, seed=args.seed, params=_head_params(args),
                      overwrite=args.force, cv=args.cv, tta=args.tta,
-                     memory_bytes=int(args.memory_gb * 1e9), cv_rows=args.cv_rows)
+                     memory_bytes=int(args.memory_gb * 1e9), cv_rows=args.cv_rows,
+                     ood=None if args.ood == "none" else args.ood,
+                     false_alarm_rate=args.false_alarm_rate,
+                     target_accuracy=args.target_accuracy)
     except (ValueError, RuntimeError, OSError) as exc:  # DataError, SpecMismatchError, CacheError
         return console.fail(prog, exc)
     summary = train_summary(path, read_metadata(path))
@@ -244,6 +274,9 @@ def train_summary(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "validation": {"images": data["validation_size"], "source": data["validation"],
                        "accuracy": metrics["validation"]["accuracy"]},
         "train_seconds": meta["train_seconds"],
+        "ood": {k: meta["ood"][k] for k in ("method", "false_alarm_rate", "cv_false_alarm_rate")
+                if k in meta["ood"]} if meta.get("ood") else None,
+        "abstention": meta.get("abstention"),
     }
 
 
@@ -266,6 +299,16 @@ def format_train_summary(s: dict[str, Any]) -> str:
                  f" accuracy {s['train']['accuracy']:.4f}, {s['train_seconds']:.1f}s")
     lines.append(f"validation: {s['validation']['images']} images, accuracy "
                  f"{s['validation']['accuracy']:.4f}")
+    if s.get("ood"):
+        g = s["ood"]
+        lines.append(f"ood guard:  {g['method']}, threshold at {100 * g['false_alarm_rate']:g}% "
+                     f"false alarms (CV on the training images)")
+    if s.get("abstention"):
+        a = s["abstention"]
+        missed = "" if a["reached"] else f"; target {a['target_accuracy']} not reached"
+        lines.append(f"abstention: below confidence {a['threshold']:.4f} (CV accuracy "
+                     f"{a['cv_accuracy']:.4f} answering {100 * a['cv_coverage']:.1f}% of "
+                     f"images{missed})")
     return "\n".join(lines)
 
 
@@ -334,7 +377,30 @@ def _evaluate(argv: list[str] | None, prog: str) -> int:
                  if result["views_averaged"] > 1 else "")
         print(f"head {result['head']} on {result['cache']}: {result['images']} images{views}")
         print(format_table(result, result["classes"]))
+        print(format_trust(result))
     return 0
+
+
+def format_trust(result: dict[str, Any]) -> str:
+    """evaluate's risk-coverage lines and, for a head with a guard, its out-of-distribution
+    share."""
+    rc = result["risk_coverage"]
+    cells = "  ".join(f"{100 * c:.0f}%: {a:.4f}" for c, a in zip(rc["coverage"], rc["accuracy"],
+                                                                   strict=True) if a is not None)
+    lines = [f"risk-coverage (accuracy answering the most confident share): {cells}",
+             f"  area under the risk-coverage curve (AURC, lower is better): "
+             f"{rc['aurc']:.4f}" if rc["aurc"] is not None else "  AURC: no images"]
+    if result.get("abstention"):
+        a = result["abstention"]
+        lines.append(f"abstention below confidence {a['threshold']:.4f}: answered "
+                     f"{a['answered']}/{result['images']} images, accuracy {a['accuracy']}")
+    if result.get("ood"):
+        o = result["ood"]
+        lines.append(f"out of distribution: {o['flagged']}/{result['images']} images "
+                     f"({100 * o['rate']:.1f}%; the guard's threshold flags "
+                     f"{100 * o['false_alarm_rate']:g}% of training images), median ood_score "
+                     f"{o['median_score']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

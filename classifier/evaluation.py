@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from classifier.artifact import load_head
-from classifier.data import labelled_subset
+from classifier.abstention import confidence, risk_coverage
+from classifier.artifact import LoadedHead, load_head
+from classifier.data import Subset, labelled_subset
 from classifier.errors import DataError
 from classifier.metrics import classification_metrics
 from classifier.views import Views, predict_images, use_views
@@ -78,6 +79,22 @@ def evaluate_with_predictions(
     column = {name: i for i, name in enumerate(head.classes_)}
     y = np.array([column[names[c]] for c in subset.labels[first]], dtype=np.int64)
     out = classification_metrics(y, proba, head.classes_)
+    out["risk_coverage"] = risk_coverage(proba, y)
+    if head.abstain_below is not None:
+        answered = confidence(proba) >= head.abstain_below
+        correct = np.argmax(proba, axis=1) == y
+        out["abstention"] = {
+            "threshold": head.abstain_below, "answered": int(answered.sum()),
+            "accuracy": float(correct[answered].mean()) if answered.any() else None}
+    if head.detector is not None:
+        scores = _ood_scores(head, subset.take(first))
+        flagged = scores > 1.0
+        out["ood"] = {"method": head.detector.method,
+                      "false_alarm_rate": head.detector.false_alarm_rate,
+                      "flagged": int(flagged.sum()), "rate": float(flagged.mean()),
+                      "median_score": float(np.median(scores)) if len(scores) else 0.0,
+                      "ood_score": [float(v) for v in scores],
+                      "in_distribution": [bool(not f) for f in flagged]}
     views_used = int(np.max(subset.views)) + 1 if averaged and len(subset) else 1
     metrics = {"head": str(Path(head_dir)), "cache": str(subset.path), "classes": head.classes_,
                "images": len(first), "views_averaged": views_used, **out}
@@ -86,3 +103,14 @@ def evaluate_with_predictions(
         proba=proba, y=y, paths=[all_paths[i] for i in subset.indices[first]],
         source_dir=str(source_dir) if source_dir else None, cache_attrs=cache_attrs)
     return metrics, predictions
+
+
+def _ood_scores(head: LoadedHead, images: Subset) -> NDArray[np.float64]:
+    """The guard's score of each image (its own row), in the order of `images`."""
+    assert head.detector is not None
+    names = head.detector.feature_names
+    out = []
+    for start in range(0, len(images), 1024):
+        feats, _ = images.take(slice(start, start + 1024)).load(names=names)
+        out.append(head.detector.scores(feats))  # type: ignore[arg-type]
+    return np.concatenate(out) if out else np.zeros(0)

@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,10 @@ class Prediction:
     label: str | None = None
     probabilities: list[float] | None = None
     error: str | None = None
+    #: The guard's score (1.0 is the threshold); None for a head without a guard.
+    ood_score: float | None = None
+    #: True when the head's confidence was below its abstention threshold (label None).
+    abstained: bool = False
 
 
 def default_cache(directory: Path, head: LoadedHead, tta: bool = True) -> Path:
@@ -161,10 +165,15 @@ def predict_cache(
                 feats = cache.read_named(head.feature_names, idx)
                 proba = np.asarray(head.predict_proba(feats), dtype=np.float64)
                 images, first = average(proba, np.asarray([paths[i] for i in idx], object))
-                for j, row in zip(first, images, strict=True):
+                scores = _guard_scores(head, cache, [idx[j] for j in first])
+                for n, (j, row) in enumerate(zip(first, images, strict=True)):
                     path = paths[idx[j]]
-                    out[path] = Prediction(path, head.classes_[int(np.argmax(row))],
-                                           [float(v) for v in row])
+                    abstain = head.abstain_below is not None and row.max() < head.abstain_below
+                    out[path] = Prediction(
+                        path, None if abstain else head.classes_[int(np.argmax(row))],
+                        [float(v) for v in row],
+                        ood_score=None if scores is None else float(scores[n]),
+                        abstained=bool(abstain))
                 bar.update(len(first))
                 begin = end
         for path, reason in cache.skipped:
@@ -177,22 +186,46 @@ def predict_cache(
     return [out[p] for p in sorted(out)]
 
 
+def _guard_scores(head: LoadedHead, cache: Any, rows: list[int]) -> Any:
+    """The guard's scores of these cache rows; None for a head without a guard."""
+    if head.detector is None:
+        return None
+    return head.detector.scores(cache.read_named(head.detector.feature_names, rows))
+
+
 def write_predictions(
-    predictions: Iterable[Prediction], classes: Sequence[str], out: Path
+    predictions: Iterable[Prediction], classes: Sequence[str], out: Path,
+    trust: bool = False,
 ) -> Path:
-    """CSV (path, label, p_<class>..., error) or, for a `.jsonl` name, one JSON object a line."""
+    """CSV (path, label, p_<class>..., error) or, for a `.jsonl` name, one JSON object a line.
+
+    With `trust` (a head with a guard or an abstention threshold), also ood_score,
+    in_distribution and abstained (after error in the CSV)."""
+    def extra(p: Prediction) -> dict[str, Any]:
+        if not trust:
+            return {}
+        ok = p.probabilities is not None
+        return {"ood_score": p.ood_score,
+                "in_distribution": None if p.ood_score is None else p.ood_score <= 1.0,
+                "abstained": p.abstained if ok else None}
+
     with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
         if out.suffix.lower() == ".jsonl":
             for p in predictions:
                 by_class = (dict(zip(classes, p.probabilities, strict=True))
                             if p.probabilities is not None else None)
                 fh.write(json.dumps({"path": p.path, "label": p.label,
-                                     "probabilities": by_class, "error": p.error}) + "\n")
+                                     "probabilities": by_class, "error": p.error,
+                                     **extra(p)}) + "\n")
         else:
             writer = csv.writer(fh)
-            writer.writerow(["path", "label", *(f"p_{c}" for c in classes), "error"])
+            trust_columns = ["ood_score", "in_distribution", "abstained"] if trust else []
+            writer.writerow(["path", "label", *(f"p_{c}" for c in classes), "error",
+                             *trust_columns])
             for p in predictions:
                 probs = ([repr(v) for v in p.probabilities] if p.probabilities is not None
                          else [""] * len(classes))
-                writer.writerow([p.path, p.label or "", *probs, p.error or ""])
+                cells = ["" if v is None else str(v).lower() if isinstance(v, bool) else repr(v)
+                         for v in extra(p).values()]
+                writer.writerow([p.path, p.label or "", *probs, p.error or "", *cells])
     return out

@@ -12,7 +12,10 @@ from extractor.cli import add_engine_args
 EPILOG = """\
 Every file under DIR (recursively) gets one row: path, label (the predicted class), one
 probability column per class (p_<class>) and error (why a file could not be used; its other
-columns are then empty). --out ending in .jsonl writes one JSON object per line instead.
+columns are then empty). A head with an out-of-distribution guard or an abstention threshold
+(train-head's default guard; --target-accuracy) adds ood_score (1.0 is the guard's threshold),
+in_distribution and abstained (its label is then empty). --out ending in .jsonl writes one
+JSON object per line instead.
 
 Features are cached in --cache (default DIR/.featcache/<settings>.h5, hidden from the folder
 scan): a second run over the same folder extracts only new files, then predicts. Pass
@@ -99,7 +102,8 @@ def _main(argv: list[str] | None, prog: str) -> int:
             tta=args.tta,
         )
         predictions = predict_cache(head, cache, args.dir, progress=progress, tta=args.tta)
-        write_predictions(predictions, head.classes_, args.out)
+        write_predictions(predictions, head.classes_, args.out,
+                          trust=head.detector is not None or head.abstain_below is not None)
     except (ValueError, RuntimeError, OSError) as exc:
         return console.fail(prog, exc)
     errors = sum(1 for p in predictions if p.error is not None)

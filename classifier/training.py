@@ -16,6 +16,7 @@ from classifier.dense import DenseHead
 from classifier.errors import DataError
 from classifier.heads import Head
 from classifier.metrics import classification_metrics
+from classifier.ood import DEFAULT_FALSE_ALARM_RATE, DEFAULT_METHOD
 from classifier.registry import HEADS, make_head
 from classifier.sampling import (
     COPIES,
@@ -34,6 +35,7 @@ from classifier.selection import (
     cross_validate,
     usable_folds,
 )
+from classifier.trust import abstention_threshold, fit_guard
 from classifier.views import Views, predict_images, use_views
 from extractor import FeatureSpec, open_cache
 
@@ -61,6 +63,9 @@ def train(
     tta: bool = True,
     memory_bytes: int = MEMORY_BYTES,
     cv_rows: int = CV_ROWS,
+    ood: str | None = DEFAULT_METHOD,
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    target_accuracy: float | None = None,
 ) -> Path:
     """Train a head on `cache_path`; return the artifact's path.
 
@@ -79,6 +84,11 @@ def train(
     features fit `memory_bytes`, else on the largest stratified sample that does (both stated
     in the metadata, `data`). Raises `DataError`, `extractor.SpecMismatchError` or
     `extractor.CacheError` (with a one-line message) for unusable input.
+
+    Trust (`classifier.trust`): `ood` ("mahalanobis", "knn"; None: none) fits the
+    out-of-distribution guard, its threshold at `false_alarm_rate` of cross-validated training
+    images; `target_accuracy` chooses by cross-validation the confidence below which the head
+    abstains.
     """
     check_replaceable(Path(out_dir), overwrite)  # before training, not after
     params = dict(params or {})
@@ -189,8 +199,16 @@ def train(
     }
     if getattr(model, "best_epoch_", None) is not None:
         extra["best_epoch"] = int(model.best_epoch_)
+    detector = None
+    if ood is not None:
+        detector = fit_guard(model, data.train, data.spec, method=ood,
+                             false_alarm_rate=false_alarm_rate, seed=seed)
+    if target_accuracy is not None:
+        extra["abstention"] = abstention_threshold(
+            model, data.train, data.spec, target=target_accuracy, cv=cv or DEFAULT_FOLDS,
+            seed=seed, averaging=averaging)
     return save_head(model, out_dir, spec=data.spec, class_names=data.class_names,
-                     metrics=metrics, extra=extra, overwrite=overwrite)
+                     metrics=metrics, extra=extra, overwrite=overwrite, detector=detector)
 
 
 def _cv_sample(data: TrainingData, cands: list[Candidate], cv_rows: int, memory_bytes: int,

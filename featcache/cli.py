@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                 "rewrite an appended-to cache as one file, reclaiming dead rows"),
     "explain": ("featcache.explain_cli", "build_parser", "main",
                 "heatmaps of where a head's predictions came from"),
+    "drift": ("classifier.drift_cli", "build_parser", "main",
+              "compare a new cache with a head's training images"),
 }
 
 EPILOG = """\

@@ -40,10 +40,17 @@ ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Imag
 class Predictions:
     """One row per image, in the order given."""
 
-    labels: list[str]
+    #: None where the head abstained (confidence below its threshold).
+    labels: list[str | None]
     #: (images, classes) float64, columns in `classes` order, rows summing to 1.
     probabilities: NDArray[np.float64]
     classes: list[str]
+    #: The out-of-distribution guard's score of each image (1.0 is the threshold) and its
+    #: verdict (score <= 1.0); None for a head without a guard.
+    ood_scores: NDArray[np.float64] | None = None
+    in_distribution: list[bool] | None = None
+    #: Whether the head abstained on each image (all False for a head that never abstains).
+    abstained: list[bool] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,20 +131,34 @@ class ImageClassifier:
 
     def predict(self, images: ImageLike | Iterable[ImageLike], *,
                 progress: bool = False) -> Predictions:
-        """Labels and probabilities of each image (one image alone, or several)."""
-        proba = self.predict_proba(images, progress=progress)
-        labels = [self.classes_[int(i)] for i in np.argmax(proba, axis=1)]
-        return Predictions(labels, proba, list(self.classes_))
+        """Labels and probabilities of each image (one image alone, or several), with the
+        guard's scores and the head's abstentions."""
+        proba, scores = self._predict(images, progress)
+        below = self.head.abstain_below
+        abstained = [below is not None and float(p.max()) < below for p in proba]
+        labels: list[str | None] = [None if a else self.classes_[int(i)]
+                                    for a, i in zip(abstained, np.argmax(proba, axis=1),
+                                                    strict=True)]
+        return Predictions(labels, proba, list(self.classes_), scores,
+                           None if scores is None else [bool(s <= 1.0) for s in scores],
+                           abstained)
 
     def predict_proba(self, images: ImageLike | Iterable[ImageLike], *,
                       progress: bool = False) -> NDArray[np.float64]:
         """(images, classes) probabilities, averaged over each image's views."""
+        return self._predict(images, progress)[0]
+
+    def _predict(self, images: ImageLike | Iterable[ImageLike], progress: bool
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """Probabilities averaged over views, and the guard's score of each image (None
+        without a guard)."""
         from tqdm import tqdm
 
         items = _as_list(images)
         rows: list[NDArray[np.uint8]] = []
         groups: list[int] = []
         probas: list[NDArray[np.float64]] = []
+        scores: list[NDArray[np.float64]] = []
         size = self.head.spec.input_size
         for i, item in enumerate(tqdm(items, unit="img", disable=not progress,
                                       desc="predict")):
@@ -145,14 +166,15 @@ class ImageClassifier:
             rows.extend(rows_of_image)
             groups.extend([i] * len(rows_of_image))
             if len(rows) >= self.batch_size:
-                probas.append(self._forward(rows))
+                probas.append(self._forward(rows, groups[-len(rows):], scores))
                 rows = []
         if rows:
-            probas.append(self._forward(rows))
+            probas.append(self._forward(rows, groups[-len(rows):], scores))
+        guard = np.concatenate(scores) if self.head.detector is not None and scores else None
         if not probas:
-            return np.zeros((0, len(self.classes_)), np.float64)
+            return np.zeros((0, len(self.classes_)), np.float64), guard
         means, _ = average(np.concatenate(probas), np.asarray(groups))
-        return means
+        return means, guard
 
     def explain(self, image: ImageLike) -> Explanation:
         """Where the prediction of one image came from (`classifier.explain`): `.grid`, the
@@ -182,8 +204,17 @@ class ImageClassifier:
         return [pixels, *(make_view(pixels, sha, v, self.views.seed, self.views.mode)
                           for v in range(1, self.views.count + 1))]
 
-    def _forward(self, rows: Sequence[NDArray[np.uint8]]) -> NDArray[np.float64]:
+    def _forward(self, rows: Sequence[NDArray[np.uint8]], groups: Sequence[int],
+                 scores: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+        """The head's probabilities of `rows`; appends the guard's scores of the images whose
+        first row (the image itself) is among them."""
         features = self.base(np.stack(rows))
+        if self.head.detector is not None:
+            # An image's rows (itself, then its views) never span two batches.
+            firsts = [j for j in range(len(groups)) if j == 0 or groups[j] != groups[j - 1]]
+            if firsts:
+                scores.append(self.head.detector.scores({k: v[firsts]
+                                                         for k, v in features.items()}))
         return np.asarray(self.head.predict_proba(features), dtype=np.float64)
 
     def __repr__(self) -> str:

@@ -258,6 +258,7 @@ def create_app(
                 max_image_pixels=settings.max_image_pixels, max_queue=settings.max_queue,
                 request_timeout_s=settings.request_timeout_s, metrics=state.metrics,
                 tta=settings.tta, maps=MapsRunner(backbone, model_worker),
+                refuse_ood=settings.refuse_ood,
             )
             state.ready_at = time.time()
             state.metrics.ready.set(1)

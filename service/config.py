@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     #: A head trained on augmented views averages its probabilities over the same views of each
     #: upload (K+1 forward passes per new image); False predicts from the upload alone.
     tta: bool = True
+    #: Refuse images the head's out-of-distribution guard flags (422 out_of_distribution)
+    #: instead of labelling them. Off: they are labelled, with in_distribution false. Heads
+    #: without a guard (trained with --ood none, or before guards) are never refused.
+    refuse_ood: bool = False
     log_level: str = "info"
     #: The try-it page at / (service/ui/): pick images, see labels and probabilities.
     #: False (FEATCACHE_UI=false) leaves / and its assets out.

@@ -5,8 +5,10 @@
     │   ├── InvalidImageError (422 invalid_image): not an image, truncated, too small
     │   ├── ImageTooLargeError (413 image_too_large): more pixels than max_image_pixels
     │   ├── HeadRequiredError (422 head_required): several heads served, none named, no default
-    │   └── ExplainUnavailableError (422 explain_unavailable): ?explain=true for a head that
-    │       cannot be explained (a multi-class SVM), or a conv base that gives no maps
+    │   ├── ExplainUnavailableError (422 explain_unavailable): ?explain=true for a head that
+    │   │   cannot be explained (a multi-class SVM), or a conv base that gives no maps
+    │   └── OutOfDistributionError (422 out_of_distribution): unlike the head's training images,
+    │       refused because FEATCACHE_REFUSE_OOD is set
     ├── UploadTooLargeError (413 upload_too_large): body or file over the size limit
     ├── TooManyFilesError (413 too_many_files): a batch with more files than allowed
     ├── UnauthorizedError (401 unauthorized): API key missing or wrong
@@ -55,6 +57,10 @@ class InvalidImageError(InvalidRequestError):
 class ImageTooLargeError(InvalidRequestError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     code = "image_too_large"
+
+
+class OutOfDistributionError(InvalidRequestError):
+    code = "out_of_distribution"
 
 
 class UploadTooLargeError(ServiceError):

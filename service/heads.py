@@ -88,6 +88,21 @@ class ServedHead:
     def predict_proba(self, features: Features) -> NDArray[Any]:
         return self.model.predict_proba(features)
 
+    @property
+    def has_guard(self) -> bool:
+        """Whether the head has an out-of-distribution guard (`classifier.ood`)."""
+        return getattr(self.model, "detector", None) is not None
+
+    @property
+    def abstain_below(self) -> float | None:
+        """The confidence below which the head abstains; None: it always answers."""
+        return getattr(self.model, "abstain_below", None)
+
+    def ood_scores(self, features: Features) -> NDArray[Any] | None:
+        """The guard's scores (1.0 is the threshold), or None for a head without a guard."""
+        scores = getattr(self.model, "ood_scores", None)
+        return None if scores is None else scores(features)
+
 
 #: What the lean serving image (docker/Dockerfile, target `serve`) cannot serve, and where to.
 FULL_IMAGE_HINT = ("Serve it with the full image (docker/Dockerfile's default target `full`; "

@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: ood_score is the guard's distance over its threshold: 1.0 is the threshold.
+_OOD_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Metrics:
@@ -59,4 +61,26 @@ class Metrics:
             "Images admitted and not yet through the conv base (decoding, queued or computing)",
             registry=r,
         )
+        self.ood_score = Histogram(
+            "featcache_ood_score", "Out-of-distribution score of each image checked by its "
+            "head's guard (1.0 is the threshold)", ["head"], buckets=_OOD_BUCKETS, registry=r,
+        )
+        self.ood_images = Counter(
+            "featcache_ood_images", "Images checked by the guard, by head and whether they were "
+            "out of distribution", ["head", "out_of_distribution"], registry=r,
+        )
+        self.ood_rate = Gauge(
+            "featcache_ood_rate", "Share of the images checked since start that were out of "
+            "distribution, by head", ["head"], registry=r,
+        )
         self.ready = Gauge("featcache_ready", "1 when the model is loaded and warmed", registry=r)
+        self._ood_counts: dict[str, list[int]] = {}
+
+    def observe_ood(self, head: str, score: float, flagged: bool) -> None:
+        """Record one image's guard score (event loop only, like every metric update)."""
+        self.ood_score.labels(head).observe(score)
+        self.ood_images.labels(head, "true" if flagged else "false").inc()
+        counts = self._ood_counts.setdefault(head, [0, 0])
+        counts[0] += 1
+        counts[1] += int(flagged)
+        self.ood_rate.labels(head).set(counts[1] / counts[0])

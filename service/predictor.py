@@ -29,6 +29,7 @@ from service.errors import (
     ExplainUnavailableError,
     ImageTooLargeError,
     InvalidImageError,
+    OutOfDistributionError,
     OverloadedError,
     RequestTimeoutError,
     ServiceError,
@@ -44,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Prediction:
-    label: str
+    #: None when the head abstained (its confidence was below its threshold).
+    label: str | None
     probabilities: dict[str, float]
     head: str
     #: The head's version that answered; None for an unversioned head.
@@ -55,6 +57,19 @@ class Prediction:
     timings_ms: dict[str, float]
     #: With ?explain=true: {"grid": [[float]], "overlay_png": base64 PNG} (service.explaining).
     explanation: dict[str, Any] | None = None
+    #: The out-of-distribution guard's score of the upload (1.0 is the threshold) and its
+    #: verdict; None for a head without a guard.
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    #: True when the head's confidence was below its abstention threshold (label None).
+    abstained: bool = False
+
+
+def _judge(head: ServedHead, features: Features) -> tuple[NDArray[Any], NDArray[Any] | None]:
+    """The head's probabilities of every row, and its guard's score of the upload (row 0)."""
+    proba = head.predict_proba(features)
+    scores = head.ood_scores({k: v[:1] for k, v in features.items()}) if head.has_guard else None
+    return proba, scores
 
 
 def _decode(data: bytes, size: int, max_pixels: int, sha256: str, views: Any,
@@ -97,6 +112,7 @@ class Predictor:
         head_worker: ModelWorker, *, decoder: ModelWorker, image_size: int,
         max_upload_bytes: int, max_image_pixels: int, max_queue: int, request_timeout_s: float,
         metrics: Metrics, tta: bool = True, maps: MapsRunner | None = None,
+        refuse_ood: bool = False,
     ) -> None:
         self.batcher = batcher
         self.cache = cache
@@ -111,6 +127,8 @@ class Predictor:
         self.request_timeout_s = request_timeout_s
         #: Average over the views a head was trained on (False: each upload alone).
         self.tta = tta
+        #: Refuse uploads the head's guard flags (OutOfDistributionError) instead of answering.
+        self.refuse_ood = refuse_ood
         self._metrics = metrics
         #: Runs the conv base for explained requests (None: explanations are unavailable).
         self._maps = maps
@@ -221,7 +239,7 @@ class Predictor:
                 else:
                     features, cached, timings = await self.features(data, views)
                 t1 = time.perf_counter()
-                proba = await self._head_worker.run(head.predict_proba, features)
+                proba, scores = await self._head_worker.run(_judge, head, features)
                 explained = None
                 if explain:
                     te = time.perf_counter()
@@ -248,9 +266,20 @@ class Predictor:
         row = rows.mean(axis=0)
         row /= row.sum()
         classes = [str(c) for c in head.classes_]
-        self._metrics.predictions.labels(head.name, "ok").inc()
+        ood_score = None if scores is None else float(np.asarray(scores)[0])
+        in_distribution = None if ood_score is None else bool(ood_score <= 1.0)
+        if ood_score is not None:
+            self._metrics.observe_ood(head.name, ood_score, not in_distribution)
+            if self.refuse_ood and not in_distribution:
+                self._metrics.predictions.labels(head.name, OutOfDistributionError.code).inc()
+                raise OutOfDistributionError(
+                    f"the image is unlike the images head {head.name!r} was trained on "
+                    f"(ood_score {ood_score:.3f} > 1.0, the guard's threshold); not labelled")
+        abstain_below = head.abstain_below
+        abstained = abstain_below is not None and float(row.max()) < abstain_below
+        self._metrics.predictions.labels(head.name, "abstained" if abstained else "ok").inc()
         return Prediction(
-            label=classes[int(np.argmax(row))],
+            label=None if abstained else classes[int(np.argmax(row))],
             probabilities={c: float(p) for c, p in zip(classes, row, strict=True)},
             head=head.name,
             version=head.version_label,
@@ -258,6 +287,9 @@ class Predictor:
             views=len(rows),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             explanation=explained,
+            ood_score=ood_score,
+            in_distribution=in_distribution,
+            abstained=abstained,
         )
 
     async def predict_many(

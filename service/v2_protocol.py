@@ -4,7 +4,10 @@ Every head is a model of the same shape:
 
     input   IMAGE          BYTES  [-1]      encoded images (PNG, JPEG, ...), one per element
     output  PROBABILITIES  FP32   [-1, C]   class probabilities, columns in the head's class order
-    output  LABEL          BYTES  [-1]      the most probable class name of each image
+    output  LABEL          BYTES  [-1]      the most probable class name of each image ("" where
+                                            the head abstained)
+    output  OOD_SCORE      FP32   [-1]      heads with an out-of-distribution guard, on request:
+    output  IN_DISTRIBUTION BOOL  [-1]      the guard's score (1.0 is the threshold), its verdict
 
 A request sends IMAGE as [N] (or [N, 1]) either in the JSON body, each element a base64 string,
 or with Triton's binary tensor data extension: the JSON header first (its length in the
@@ -39,6 +42,10 @@ INPUT = "IMAGE"
 PROBABILITIES = "PROBABILITIES"
 LABEL = "LABEL"
 OUTPUTS = (PROBABILITIES, LABEL)
+OOD_SCORE = "OOD_SCORE"
+IN_DISTRIBUTION = "IN_DISTRIBUTION"
+#: Outputs sent only when requested by name (heads with an out-of-distribution guard).
+GUARD_OUTPUTS = (OOD_SCORE, IN_DISTRIBUTION)
 EXTENSIONS = ("binary_tensor_data", "classification")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -73,8 +80,12 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(name: str, versions: Sequence[str], platform: str,
-                   classes: Sequence[str], parameters: dict[str, Any]) -> dict[str, Any]:
-    """The model metadata response: tensors by name, datatype and shape, and the classes."""
+                   classes: Sequence[str], parameters: dict[str, Any],
+                   guard: bool = False) -> dict[str, Any]:
+    """The model metadata response: tensors by name, datatype and shape, and the classes
+    (with `guard`, the out-of-distribution outputs too)."""
+    extra = [{"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]},
+             {"name": IN_DISTRIBUTION, "datatype": "BOOL", "shape": [-1]}] if guard else []
     return {
         "name": name,
         "versions": list(versions),
@@ -84,6 +95,7 @@ def model_metadata(name: str, versions: Sequence[str], platform: str,
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(classes)],
              "parameters": {"classes": list(classes)}},
             {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+            *extra,
         ],
         "parameters": {"classes": list(classes), **parameters},
     }
@@ -274,9 +286,10 @@ def _requested_outputs(outputs: Any, binary_default: bool) -> list[RequestedOutp
     out: list[RequestedOutput] = []
     for item in outputs:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in OUTPUTS:
+        if name not in OUTPUTS and name not in GUARD_OUTPUTS:
             raise ProtocolError(f"unknown output {name!r}; this model has outputs "
-                                f"{', '.join(OUTPUTS)}")
+                                f"{', '.join(OUTPUTS)} (and {', '.join(GUARD_OUTPUTS)} for "
+                                "heads with an out-of-distribution guard)")
         if any(o.name == name for o in out):  # each copy would be built and sent again
             raise ProtocolError(f"output {name!r} is requested more than once")
         parameters = _object(item.get("parameters"), f"{name}.parameters")
@@ -326,8 +339,10 @@ def deserialize_bytes(data: bytes | memoryview, max_count: int | None = None,
 def infer_response(
     request: InferRequest, model_name: str, model_version: str | None,
     probabilities: NDArray[np.float32], classes: Sequence[str], labels: Sequence[str],
+    ood_scores: Sequence[float] | None = None, in_distribution: Sequence[bool] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers for one request's (N, C) probabilities and labels."""
+    """The response body and its headers for one request's (N, C) probabilities and labels
+    (and the guard's scores and verdicts, when it asks for them)."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for wanted in request.outputs:
@@ -345,6 +360,16 @@ def infer_response(
             array = np.ascontiguousarray(probabilities, dtype="<f4")
             data = [_finite(float(v)) for v in array.ravel()]
             raw = array.tobytes()
+        elif wanted.name == OOD_SCORE:
+            scores = np.ascontiguousarray(ood_scores or [], dtype="<f4")
+            tensor = {"name": wanted.name, "datatype": "FP32", "shape": [len(scores)]}
+            data = [_finite(float(v)) for v in scores]
+            raw = scores.tobytes()
+        elif wanted.name == IN_DISTRIBUTION:
+            flags = np.asarray(in_distribution or [], dtype=bool)
+            tensor = {"name": wanted.name, "datatype": "BOOL", "shape": [len(flags)]}
+            data = [bool(v) for v in flags]
+            raw = flags.astype(np.uint8).tobytes()
         else:
             tensor = {"name": wanted.name, "datatype": "BYTES", "shape": [len(labels)]}
             data = labels

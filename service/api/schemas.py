@@ -25,7 +25,7 @@ class Explanation(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    label: str
+    label: str | None = Field(description="The predicted class; null when the head abstained")
     probabilities: dict[str, float] = Field(description="Class name -> probability")
     head: str
     version: str | None = Field(
@@ -42,6 +42,15 @@ class PredictionResponse(BaseModel):
     )
     explanation: Explanation | None = Field(
         default=None, description="With ?explain=true: where the prediction came from")
+    ood_score: float | None = Field(
+        default=None, description="Out-of-distribution score of the image: the guard's "
+        "distance over its threshold (above 1.0: unlike the training images); null for a head "
+        "without a guard")
+    in_distribution: bool | None = Field(
+        default=None, description="ood_score <= 1.0; null for a head without a guard")
+    abstained: bool = Field(
+        default=False, description="True when the head's confidence was below its abstention "
+        "threshold (train-head --target-accuracy): label is then null")
 
 
 class BatchItem(BaseModel):
@@ -55,6 +64,9 @@ class BatchItem(BaseModel):
     views: int | None = None
     timings_ms: dict[str, float] | None = None
     explanation: Explanation | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    abstained: bool | None = None
     error: ErrorDetail | None = None
 
 

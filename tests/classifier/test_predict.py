@@ -43,7 +43,9 @@ def test_predict_equals_evaluate_on_the_same_images(
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     head = load_head(head_dir)
-    assert list(rows[0]) == ["path", "label", *(f"p_{c}" for c in head.classes_), "error"]
+    # The head has an out-of-distribution guard (train-head's default): its columns follow.
+    assert list(rows[0]) == ["path", "label", *(f"p_{c}" for c in head.classes_), "error",
+                             "ood_score", "in_distribution", "abstained"]
     by_path = {r["path"]: r for r in rows}
     assert [r["path"] for r in rows] == sorted(by_path)
     assert by_path["defective/zz-notes.png"]["error"] == "not an image (unrecognised format)"
@@ -53,11 +55,17 @@ def test_predict_equals_evaluate_on_the_same_images(
     with open_cache(small_cache) as c:
         feats, labels = c.read_named(head.feature_names), c.labels
         paths, names = c.paths, c.class_names
+        assert head.detector is not None
+        scores = head.ood_scores(c.read_named(head.detector.feature_names))
     proba = head.predict_proba(feats)
+    assert scores is not None
     assert len(rows) == len(paths) + 2
-    for path, p in zip(paths, proba, strict=True):
+    for path, p, score in zip(paths, proba, scores, strict=True):
         row = by_path[path]
         assert row["error"] == "" and row["label"] == head.classes_[int(np.argmax(p))]
+        assert float(row["ood_score"]) == pytest.approx(score, rel=1e-6)
+        assert row["in_distribution"] == ("true" if score <= 1.0 else "false")
+        assert row["abstained"] == "false"
         got = [float(row[f"p_{c}"]) for c in head.classes_]
         np.testing.assert_allclose(got, p, rtol=0, atol=1e-12)
     truth = {p: names[y] for p, y in zip(paths, labels, strict=True)}

@@ -54,7 +54,9 @@ def test_health_and_metadata(fake_app) -> None:  # type: ignore[no-untyped-def]
         assert meta["platform"] == "featcache_logreg"
         assert meta["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1]}]
         assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
-            ("PROBABILITIES", "FP32", [-1, 2]), ("LABEL", "BYTES", [-1])]
+            ("PROBABILITIES", "FP32", [-1, 2]), ("LABEL", "BYTES", [-1]),
+            # the head has an out-of-distribution guard (train-head's default)
+            ("OOD_SCORE", "FP32", [-1]), ("IN_DISTRIBUTION", "BOOL", [-1])]
         assert meta["parameters"]["classes"] == ELPV_CLASSES
         assert client.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
         assert_v2_error(client.get("/v2/models/nope"), 404, "nope")

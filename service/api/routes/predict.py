@@ -30,7 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "API key missing or wrong"),
         (404, "Unknown head or version"),
         (413, "Upload too large, or an image with too many pixels"),
-        (422, "No file, or not a usable image"),
+        (422, "No file, not a usable image, or (with refuse_ood) out of distribution"),
         (503, "Not loaded yet, the queue is full, or no answer in time (see Retry-After)"),
     )
 }

@@ -69,6 +69,7 @@ def model_metadata(name: str, store: HeadStoreDep, version: str | None = None) -
     return v2.model_metadata(
         head.name, [v for v in served if v is not None], f"featcache_{head.metadata.get('kind')}",
         head.classes_, {"version": head.version_label, "feature_layer": head.spec.layer},
+        guard=head.has_guard,
     )
 
 
@@ -98,12 +99,19 @@ async def infer(
     else:
         parsed = await anyio.to_thread.run_sync(parse, limiter=_parsers(request))
     del body, parse  # the images are copies: the body's memory goes back now
+    wants_guard = [o.name for o in parsed.outputs if o.name in v2.GUARD_OUTPUTS]
+    if wants_guard and not head.has_guard:
+        raise v2.ProtocolError(f"head {head.name!r} has no out-of-distribution guard, so no "
+                               f"{', '.join(wants_guard)} output (train it with --ood)")
     predictions = await predictor.predict_all(parsed.images, head, what=v2.INPUT)
     classes = [str(c) for c in head.classes_]
     probabilities = np.array([[p.probabilities[c] for c in classes] for p in predictions],
                              dtype=np.float32)
-    content, headers = v2.infer_response(parsed, head.name, head.version_label, probabilities,
-                                         classes, [p.label for p in predictions])
+    content, headers = v2.infer_response(
+        parsed, head.name, head.version_label, probabilities, classes,
+        [p.label or "" for p in predictions],
+        ood_scores=[p.ood_score or 0.0 for p in predictions] if wants_guard else None,
+        in_distribution=[bool(p.in_distribution) for p in predictions] if wants_guard else None)
     return Response(content, headers=headers)
 
 
