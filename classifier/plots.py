@@ -37,6 +37,15 @@ def training_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
 def confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str
 ) -> Path:
+    fig = confusion_figure(matrix, class_names, title)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
+                     title: str) -> Any:
+    """The confusion matrix as a matplotlib figure (rows: true class; columns: predicted)."""
     plt = _pyplot()
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(2 + 0.9 * k, 1.6 + 0.9 * k))
@@ -52,6 +61,4 @@ def confusion_matrix(
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -164,20 +164,9 @@ def _figures(metrics: dict[str, Any], predictions: Predictions, classes: list[st
     y, proba = predictions.y, predictions.proba
     out: dict[str, Any] = {}
 
-    fig, ax = plt.subplots(figsize=(2.4 + 0.9 * len(classes), 2 + 0.9 * len(classes)))
-    matrix = metrics["confusion_matrix"]
-    ax.imshow(matrix, cmap="Blues")
-    peak = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center",
-                    color="white" if v > peak / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Confusion matrix")
-    fig.tight_layout()
+    from classifier.plots import confusion_figure
+
+    fig = confusion_figure(metrics["confusion_matrix"], classes, "Confusion matrix")
     out["confusion matrix"] = fig
 
     from sklearn.metrics import roc_curve
