@@ -108,9 +108,9 @@ class WeightScheme:
 
 S8 = WeightScheme("s8", "s8")
 #: Chosen on an AVX2-only Zen 3 (BENCHMARKS.md, "int8 on AVX2"): 8-bit unsigned weights, except
-#: the first conv layer in fp32 (raw pixel ranges; 0.5% of the multiply-adds: 7-bit or 8-bit
+#: the first conv layer in fp32 (raw pixel ranges; 0.6% of the multiply-adds: 7-bit or 8-bit
 #: weights there cost the most fidelity) and the three layers whose 7-bit weights cost least
-#: fidelity, one layer at a time, in 7-bit signed weights (faster than U8U8 on AVX2; 32% of the
+#: fidelity, one layer at a time, in 7-bit signed weights (faster than U8U8 on AVX2; 37% of the
 #: multiply-adds). One more 7-bit layer fell below the 0.99 target.
 PORTABLE = WeightScheme("portable", "u8", (
     ("block1_conv1", "fp32"),
