@@ -122,9 +122,13 @@ def test_compose_up_on_a_fresh_clone_trains_a_head_then_serves_it(
     trains one on the demo set built into the image, then `api` answers /predict."""
     heads = fresh_clone / "heads"
     assert not (heads / "head").exists()
-    # What the job writes belongs to the owner of ./heads (docker/entrypoint.sh), never root:
-    # a clone made by root (CI) hands ./heads to the image's user, app (10001).
+    # What the job writes belongs to the owner of ./heads (docker/entrypoint.sh), never root,
+    # and no host folder is ever chowned: root (CI) makes ./heads for the image's user, app
+    # (10001), as the README says root must.
     owner = 10001 if os.geteuid() == 0 else os.geteuid()
+    if os.geteuid() == 0:
+        heads.mkdir(exist_ok=True)
+        os.chown(heads, owner, owner)
     port = free_port()
     compose = Compose(fresh_clone, _docker_env({
         "FEATCACHE_WEIGHTS_FILE": str(weights_path), "FEATCACHE_HOST_PORT": str(port)}))
@@ -224,6 +228,9 @@ def test_served_head_predicts_as_in_process_with_the_api_key_from_a_secret(
     heads = tmp_path / "heads"
     shutil.copytree(head_dir, heads / "served")
     _world_readable(heads)
+    if os.geteuid() == 0:  # the first-head job refuses a root-owned folder (entrypoint.sh)
+        for path in [heads, *heads.rglob("*")]:
+            os.chown(path, 10001, 10001)
     key_file = tmp_path / "api-key.txt"
     key_file.write_text("s3cret-from-a-file\n")
     key_file.chmod(0o644)

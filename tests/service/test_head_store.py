@@ -119,8 +119,11 @@ def test_half_copied_version_is_loading_until_complete(
     store = HeadStore.open([], root, base_spec=base_spec, settle_s=60)
     target = root / "cells" / "2"
     target.mkdir()
-    # A copy that wrote metadata.json first and is still writing the model file.
-    shutil.copy(second_head_dir / "metadata.json", target)
+    # A copy that wrote metadata.json (and the head's other files, such as its guard's arrays)
+    # first and is still writing the model file.
+    for f in second_head_dir.iterdir():
+        if f.is_file() and f.name != model_file(second_head_dir).name:
+            shutil.copy(f, target)
     data = model_file(second_head_dir).read_bytes()
     (target / model_file(second_head_dir).name).write_bytes(data[: len(data) // 2])
     [change] = store.scan()

@@ -136,7 +136,7 @@ def test_a_blocked_scan_never_holds_health_and_reloads_share_one_scan(
     fake = make_fake()
     app = create_app(settings, backbone_factory=lambda *_: fake)
     try:
-        with TestClient(app) as client:
+        with TestClient(app, client=("127.0.0.1", 50000)) as client:  # admin: loopback
             install(second_head_dir, root / "cells" / "2")
             t0 = time.monotonic()
             with ThreadPoolExecutor(48) as pool:
@@ -201,4 +201,8 @@ def test_a_version_s_model_is_hashed_once(head_dir: Path, base_spec: FeatureSpec
     [change] = store.scan()
     monkeypatch.undo()
     assert change.change == "added"
-    assert sum(hashed) == model_file(root / "cells" / "1").stat().st_size
+    # Each file the head records a hash of, once: the model, and its guard's arrays if any.
+    version = root / "cells" / "1"
+    guard = version / "ood.npz"
+    assert sum(hashed) == model_file(version).stat().st_size + (
+        guard.stat().st_size if guard.exists() else 0)

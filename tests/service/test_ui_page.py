@@ -176,7 +176,10 @@ def test_pick_an_image_see_label_bars_errors_and_switch_heads(
                   for f in card.find_elements(By.CLASS_NAME, "bar-fill")]
         assert sum(widths) == pytest.approx(100, abs=0.01) and max(widths) > 0
         assert "ms" in card.find_element(By.CLASS_NAME, "timing").text
-        assert not card.find_elements(By.CLASS_NAME, "overlay")  # no explain feature yet
+        # The page asks for explain=true: the real heatmap lies over the image, and loads.
+        overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
+        assert overlay.get_attribute("alt").startswith("Heatmap")
+        assert driver.execute_script("return arguments[0].naturalWidth", overlay) > 0
         assert accessibility_problems(driver) == []
         assert broken_images(driver) == []
         driver.save_screenshot(str(tmp_path / "prediction.png"))
