@@ -318,6 +318,14 @@ def test_extract_cli_int8(small_image_dir: Path, tmp_path: Path, int8_base: bb.C
     assert "runtime onnxruntime int8" in capsys.readouterr().out
     with open_cache(tmp_path / "c.h5") as cache:
         assert cache.spec.quantized_sha256 == int8_base.spec.quantized_sha256
+    # featcache info says which weight scheme and which CPU made the cache.
+    from featcache.info import describe, format_description
+
+    described = describe(tmp_path / "c.h5")
+    assert described["int8_weights"] == int8.scheme_for().name
+    assert f"int8:       weights {int8.scheme_for().name}, made on" in format_description(
+        described)
+    assert "family" in described["cpu"]
     with pytest.raises(SystemExit) as info:
         main(["--dir", str(small_image_dir), "--precision", "fp32", "--calibration",
               str(small_image_dir)])
