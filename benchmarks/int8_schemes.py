@@ -48,10 +48,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from extractor.images import decode_image, preprocess
+    from extractor.images import decode_image
     from extractor.runtimes import int8, onnx_export
     from extractor.runtimes.cpu import detect
     from extractor.runtimes.ort import OnnxSession
+    from extractor.vgg16 import preprocess
 
     print(machine(), flush=True)
     print("CPU:", detect().describe(), flush=True)

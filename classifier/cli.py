@@ -83,7 +83,7 @@ def _accuracy(text: str) -> float:
 
 
 def _layer_list(text: str) -> list[str]:
-    from extractor.backbone import LAYERS
+    from extractor.vgg16 import LAYERS
 
     layers = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [layer for layer in layers if layer not in LAYERS]

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from extractor.backbone import layer_stride
 from extractor.spec import parse_feature_name
+from extractor.vgg16 import layer_stride
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -21,48 +21,26 @@ from numpy.typing import NDArray
 
 from extractor import features as named
 from extractor import runtimes
-from extractor.images import PREPROCESSING_ID, preprocess
 from extractor.runtimes import AUTO, PRECISIONS, RUNTIMES
 from extractor.runtimes.keras import build_keras_model
 from extractor.spec import FeatureSpec
+from extractor.vgg16 import (
+    BACKBONE,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LAYER,
+    PREPROCESSING_ID,
+    feature_shape,
+    preprocess,
+    validate,
+)
 from extractor.weights import resolve_weights, weights_sha256
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "PRECISIONS", "RUNTIMES", "ConvBase", "build_keras_model", "make_spec"]
-
-BACKBONE = "vgg16"
-DEFAULT_LAYER = "block5_pool"
-DEFAULT_IMAGE_SIZE = 150
-#: Pooling layers a cache may tap; block4_pool feeds fine-tuning of block5 from the cache.
-LAYERS = ("block5_pool", "block4_pool", "block3_pool")
-_DOWNSCALE = {"block5_pool": 32, "block4_pool": 16, "block3_pool": 8}
-_CHANNELS = {"block5_pool": 512, "block4_pool": 512, "block3_pool": 256}
-MIN_IMAGE_SIZE = 32
-
-
-def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
-    side = image_size // _DOWNSCALE[layer]
-    return (side, side, _CHANNELS[layer])
-
-
-def layer_stride(layer: str) -> int:
-    """How many input pixels one step of a layer's grid spans: 8, 16 or 32 for the tapped
-    pools, and each block's convolutions run at the stride of the pool before them."""
-    if layer in _DOWNSCALE:
-        return _DOWNSCALE[layer]
-    block = layer.split("_")[0]
-    if not (block.startswith("block") and block[5:].isdigit() and 1 <= int(block[5:]) <= 5):
-        raise ValueError(f"unknown VGG16 layer {layer!r}")
-    return 2 ** (int(block[5:]) - 1)
-
-
-def validate(layer: str, image_size: int, pooled_layers: tuple[str, ...] = ()) -> None:
-    for name in (layer, *pooled_layers):
-        if name not in LAYERS:
-            raise ValueError(f"unknown layer {name!r}; choose one of {', '.join(LAYERS)}")
-    if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE}; got {image_size}")
+__all__ = [
+    "AUTO", "PRECISIONS", "RUNTIMES", "ConvBase", "build_keras_model", "make_spec",
+    "resolve_runtime",
+]
 
 
 def resolve_runtime(runtime: str = AUTO, precision: str = "fp32") -> str:

@@ -43,15 +43,9 @@ interrupted (run again to resume).
 def build_parser(prog: str = "extract") -> argparse.ArgumentParser:
     # Here, not at the top: numpy and Pillow load only once a command runs, so Ctrl-C is ours
     # (console.run) from the command's first moment.
-    from extractor.backbone import (
-        AUTO,
-        DEFAULT_IMAGE_SIZE,
-        DEFAULT_LAYER,
-        LAYERS,
-        PRECISIONS,
-        RUNTIMES,
-    )
+    from extractor.backbone import AUTO, PRECISIONS, RUNTIMES
     from extractor.features import DEFAULT_POOLED_LAYERS
+    from extractor.vgg16 import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, LAYERS
     from extractor.weights import WEIGHTS_ENV
 
     p = argparse.ArgumentParser(
@@ -123,7 +117,7 @@ def build_parser(prog: str = "extract") -> argparse.ArgumentParser:
 
 def pooled_layers(value: str) -> tuple[str, ...]:
     """`--pooled-layers`: comma-separated layer names, or `none`."""
-    from extractor.backbone import LAYERS
+    from extractor.vgg16 import LAYERS
 
     if value.strip().lower() == "none":
         return ()

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor.spec import POOLS, FeatureSpec, feature_name, parse_feature_name
+from extractor.vgg16 import feature_shape
 
 Features = dict[str, NDArray[np.float32]]
 
@@ -80,8 +81,6 @@ def shapes(spec: FeatureSpec) -> dict[str, tuple[int, ...]]:
 
 def shape_of(name: str, image_size: int) -> tuple[int, ...]:
     """The per-row shape of a named feature at this input size: (H, W, C) maps or (C,)."""
-    from extractor.backbone import feature_shape
-
     layer, how = parse_feature_name(name)
     maps = feature_shape(layer, image_size)
     return maps if how is None else (maps[-1],)

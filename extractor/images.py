@@ -1,7 +1,8 @@
-"""Image bytes -> model input: the one preprocessing path shared by `extract` and the service.
+"""Image bytes -> pixels: the one decoding path shared by `extract`, the service and the API.
 
-Training-time and serving-time features cannot drift because both call `decode_image` and
-`preprocess` from here and nowhere else.
+Training-time and serving-time features cannot drift because all of them decode with
+`decode_image` (through `extractor.pipeline`) and nowhere else; the float input VGG16 expects
+is made from these pixels by `extractor.vgg16.preprocess`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,6 @@ MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 #: Smallest side accepted. Upscaling a 1x1 or 3x3 image to 150x150 yields a flat colour that
 #: the backbone would happily turn into confident nonsense, so such files are refused.
 MIN_SIDE = 8
-
-#: ImageNet channel means in BGR order, as `keras.applications.vgg16.preprocess_input` subtracts.
-IMAGENET_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
-
-#: Identifies this preprocessing in cache and head metadata; bump it whenever pixels could change.
-PREPROCESSING_ID = "v1:pillow-exif-rgb,draft,bilinear-squash;vgg16-caffe-bgr-mean"
 
 
 class ImageError(ValueError):
@@ -152,11 +147,3 @@ def _wide_to_gray(im: Image.Image) -> Image.Image:
         gray[top:bottom] = np.clip(np.nan_to_num(arr * scale), 0, 255).round()
     return Image.fromarray(gray)
 
-
-def preprocess(pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """(N, H, W, 3) uint8 RGB -> the float32 input VGG16's ImageNet weights expect.
-
-    Equal to `keras.applications.vgg16.preprocess_input` ("caffe" mode: RGB -> BGR, ImageNet
-    means subtracted, range 0..255), written in numpy so the decode path needs no TensorFlow.
-    """
-    return pixels[..., ::-1].astype(np.float32) - IMAGENET_BGR_MEAN

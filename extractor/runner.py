@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from extractor import augment as aug
 from extractor import backbone as bb
 from extractor import features as named
-from extractor import locking
+from extractor import locking, vgg16
 from extractor.atomic import remove_stale_temps
 from extractor.cache import (
     AugmentSettings,
@@ -58,8 +58,8 @@ class Options:
     directory: Path
     out: Path
     weights: str | None = None
-    image_size: int = bb.DEFAULT_IMAGE_SIZE
-    layer: str = bb.DEFAULT_LAYER
+    image_size: int = vgg16.DEFAULT_IMAGE_SIZE
+    layer: str = vgg16.DEFAULT_LAYER
     batch_size: int = 16
     #: Checkpoint after this many files, or this many seconds, whichever comes first.
     checkpoint_every: int = 512
@@ -195,7 +195,7 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
         pooled = theirs.pooled_layers if theirs is not None else DEFAULT_POOLED_LAYERS
     try:
         aug.check(opts.augment_mode, opts.augment)
-        bb.validate(opts.layer, opts.image_size, tuple(pooled))
+        vgg16.validate(opts.layer, opts.image_size, tuple(pooled))
         runtime = bb.resolve_runtime(opts.runtime, opts.precision)
     except ValueError as exc:
         raise ExtractError(str(exc)) from None

@@ -86,9 +86,10 @@ def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, 
     copy otherwise. A head of the other precision gets no int8 model built for it: it is
     refused by `check_heads`, which names the precision.
     """
-    from extractor.backbone import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER, make_spec
+    from extractor.backbone import make_spec
     from extractor.features import DEFAULT_POOLED_LAYERS
     from extractor.runtimes.int8 import Int8Error
+    from extractor.vgg16 import DEFAULT_IMAGE_SIZE, DEFAULT_LAYER
     from extractor.weights import resolve_weights
 
     weights_path = resolve_weights(settings.weights)

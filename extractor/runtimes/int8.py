@@ -253,8 +253,8 @@ def calibration_ranges(
     """Min and max of every activation tensor over the calibration images, widened outward."""
     import onnx
 
-    from extractor.images import preprocess
     from extractor.runtimes.ort import OnnxSession
+    from extractor.vgg16 import preprocess
 
     model = onnx.load_from_string(fp32_model)
     names = _tensors(model)
@@ -351,7 +351,7 @@ def quantize(fp32_model: bytes, ranges: Mapping[str, tuple[float, float]],
 def build(weights_path: Path, weights_sha256: str, image_size: int, calib: CalibrationSet,
           scheme: WeightScheme, threads: int | None = None) -> bytes:
     """The int8 model's bytes (seconds to a minute: one calibration pass, then quantization)."""
-    from extractor.images import preprocess
+    from extractor.vgg16 import preprocess
 
     rec = recipe(weights_sha256, image_size, calib, scheme)
     fp32, _ = onnx_export.load_or_export(weights_path, weights_sha256, TAPS, image_size)

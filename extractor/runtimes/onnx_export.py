@@ -11,7 +11,7 @@ order; writing that graph from the kernels takes a few lines and no converter. I
 equal Keras's within 1e-3 on real images (tests/extractor/test_runtime.py, which also runs it
 with TensorFlow and Keras blocked from importing).
 
-Input: `pixels`, (N, size, size, 3) float32 NHWC, preprocessed as `extractor.images.preprocess`
+Input: `pixels`, (N, size, size, 3) float32 NHWC, preprocessed as `extractor.vgg16.preprocess`
 does. Outputs: one NHWC tensor per tapped pooling layer, named after it.
 """
 

@@ -10,8 +10,9 @@ import pytest
 from classifier.artifact import load_head
 from classifier.errors import DataError
 from classifier.training import train
-from extractor.images import decode_image, preprocess
+from extractor.images import decode_image
 from extractor.runner import Options, run
+from extractor.vgg16 import preprocess
 
 pytestmark = pytest.mark.slow
 

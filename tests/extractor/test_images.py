@@ -14,8 +14,8 @@ from extractor.images import (
     ImageError,
     ImageTooLargeError,
     decode_image,
-    preprocess,
 )
+from extractor.vgg16 import preprocess
 
 
 def test_rgb_png_decodes_to_square_uint8() -> None:

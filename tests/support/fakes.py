@@ -8,9 +8,9 @@ import numpy as np
 from imagegen import gradient
 from PIL import Image
 
-from extractor.backbone import feature_shape
 from extractor.features import DEFAULT_POOLED_LAYERS, pool
 from extractor.runner import Options
+from extractor.vgg16 import feature_shape
 
 SIZE = 64  # block5_pool of a 64x64 input is 2x2x512
 
