@@ -135,6 +135,25 @@ class ConvBase:
                     ", ".join(self.layers), image_size, self.runtime, precision,
                     self.engine.origin)
 
+    @classmethod
+    def from_spec(
+        cls, spec: FeatureSpec, weights: str | os.PathLike[str] | None = None, *,
+        runtime: str | None = None, threads: int | None = None,
+    ) -> ConvBase:
+        """The conv base that makes `spec`'s features: its layer, input size, pooled layers,
+        precision and, for int8, the very quantized model (`quantized_sha256`). The one way
+        every engine, the service and the Python API build it.
+
+        `runtime`: None runs the spec's own runtime; the service and the Python API pass
+        `auto` (a head's spec records the runtime that made its training features, and every
+        runtime is tested to give the same features). `weights`: as `ConvBase`'s; the caller
+        checks `base.spec` against what it needs (its weights file may differ).
+        """
+        return cls(weights, spec.input_size, spec.layer,
+                   spec.runtime if runtime is None else runtime, threads=threads,
+                   pooled_layers=tuple(spec.pooled_layers), precision=spec.precision,
+                   quantized_sha256=spec.quantized_sha256 or None)
+
     def maps(self, pixels: NDArray[np.uint8]) -> dict[str, NDArray[np.float32]]:
         """Layer name -> its output maps, for each of `self.layers` (one forward pass)."""
         return self.engine(preprocess(pixels))

@@ -38,7 +38,6 @@ from extractor.runner import (
     LoadedFile,
     Options,
     Summary,
-    conv_base,
     decode_bytes,
     extra_attrs,
     forward,
@@ -89,7 +88,9 @@ class ShardWriter:
         self.spec = FeatureSpec.from_dict(spec)
         self.augment = AugmentSettings.from_attrs(augment or {})
         if features_fn is None:
-            conv = conv_base(Path(weights), self.spec, threads)
+            from extractor.backbone import ConvBase
+
+            conv = ConvBase.from_spec(self.spec, Path(weights), threads=threads)
             diffs = self.spec.file_differences(conv.spec)
             if diffs:
                 raise RuntimeError(f"worker {socket.gethostname()} makes other features than "

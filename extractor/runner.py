@@ -322,7 +322,7 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
 
     if todo:
         if features_fn is None:
-            features_fn = conv_base(weights_path, spec, opts.threads)
+            features_fn = bb.ConvBase.from_spec(spec, weights_path, threads=opts.threads)
         made_by = getattr(getattr(features_fn, "spec", None), "runtime", None)
         if isinstance(made_by, str) and made_by != staging.spec.runtime:
             # A conv base handed in by the caller says which runtime really makes the features.
@@ -393,13 +393,6 @@ def _unchanged(
     except OSError:
         return False, None
     return (True, identity(st, checked_at)) if same else (False, None)
-
-
-def conv_base(weights_path: Path, spec: FeatureSpec, threads: int | None = None) -> bb.ConvBase:
-    """The conv base that makes `spec`'s features (both engines build it here)."""
-    return bb.ConvBase(weights_path, spec.input_size, spec.layer, spec.runtime, threads=threads,
-                       pooled_layers=spec.pooled_layers, precision=spec.precision,
-                       quantized_sha256=spec.quantized_sha256 or None)
 
 
 def forward(

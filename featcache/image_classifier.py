@@ -120,11 +120,8 @@ class ImageClassifier:
             from classifier.predict import check_features
             from extractor.backbone import ConvBase
 
-            spec = self.head.spec
-            base = ConvBase(self.weights, image_size=spec.input_size, layer=spec.layer,
-                            runtime=self.runtime, threads=self.threads,
-                            pooled_layers=spec.pooled_layers, precision=spec.precision,
-                            quantized_sha256=spec.quantized_sha256 or None)
+            base = ConvBase.from_spec(self.head.spec, self.weights, runtime=self.runtime,
+                                      threads=self.threads)
             check_features(self.head, base.spec, f"the conv base from {base.weights_path}")
             self._base = base
         return self._base

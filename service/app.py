@@ -68,10 +68,11 @@ BackboneFactory = Callable[[Path, FeatureSpec], Backbone]
 
 def conv_base_factory(weights_path: Path, spec: FeatureSpec) -> Backbone:
     from extractor.backbone import ConvBase
+    from extractor.runtimes import AUTO
 
-    return ConvBase(weights_path, image_size=spec.input_size, layer=spec.layer,
-                    pooled_layers=spec.pooled_layers, precision=spec.precision,
-                    quantized_sha256=spec.quantized_sha256 or None)
+    # AUTO, not the spec's runtime: the expected spec says keras (`make_spec`'s default) and
+    # the service has always run the fastest installed runtime, which gives the same features.
+    return ConvBase.from_spec(spec, weights_path, runtime=AUTO)
 
 
 def _expected_spec(settings: Settings, hint: FeatureSpec | None) -> tuple[Path, FeatureSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,26 @@ def test_block4_pool_tap(conv_base, weights_path: Path, small_image_dir: Path) -
     assert tap.spec.differences(conv_base.spec) == {
         "layer": ("block4_pool", "block5_pool")
     }
+
+
+def test_from_spec_makes_the_specs_features(conv_base, weights_path: Path,
+                                            small_image_dir: Path) -> None:
+    """`ConvBase.from_spec` builds the base whose spec is the one asked for (layer, size,
+    pooled layers, precision), running the spec's runtime unless told otherwise."""
+    from extractor.backbone import ConvBase
+
+    spec = conv_base.spec
+    again = ConvBase.from_spec(spec, weights_path)
+    assert again.spec == spec
+    other = dataclasses.replace(spec, layer="block4_pool", feature_shape=(4, 4, 512),
+                                input_size=64, pooled_layers=("block3_pool",))
+    small = ConvBase.from_spec(other, weights_path, runtime="keras")
+    assert small.spec.runtime == "keras"
+    assert (small.layer, small.image_size, small.spec.pooled_layers) == (
+        "block4_pool", 64, ("block3_pool",))
+    first = sorted(small_image_dir.glob("*/*.png"))[0]
+    pixels = decode_image(first.read_bytes(), 150)[None]
+    np.testing.assert_array_equal(again(pixels)["block5_pool"], conv_base(pixels)["block5_pool"])
 
 
 def test_several_layers_in_one_pass_equal_per_layer_keras(weights_path: Path,
