@@ -17,9 +17,8 @@ Which rows an evaluation uses (`use_views`):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,55 +26,16 @@ from numpy.typing import NDArray
 
 from classifier.errors import DataError
 
+# The one `Views` type lives beside the code that makes views (extractor.augment); imported
+# here so `from classifier.views import Views` keeps working for the classifier's modules.
+from extractor.augment import Views
+
 if TYPE_CHECKING:
     from classifier.data import Subset
 
+__all__ = ["Views", "average", "predict_images", "use_views"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Views:
-    """How many augmented views each image has, and how they were made."""
-
-    count: int = 0
-    mode: str = ""  # recipe, dihedral or flips (extractor.augment)
-    seed: int = 0
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> Views:
-        if not data:
-            return cls()
-        return cls(int(data.get("count", 0)), str(data.get("mode", "")), int(data.get("seed", 0)))
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> Views:
-        """From a cache's attributes (`augment_views`, `augment_mode`, `augment_seed`)."""
-        count = int(attrs.get("augment_views", 0) or 0)
-        if not count:
-            return cls()
-        mode = str(attrs.get("augment_mode") or "")
-        if not mode:  # caches written before augment_mode was recorded
-            mode = "dihedral" if str(attrs.get("augmentation", "")).startswith("dihedral") \
-                else "recipe"
-        return cls(count, mode, int(attrs.get("augment_seed", 0) or 0))
-
-    def same_kind(self, other: Views) -> bool:
-        """Whether views numbered alike are made alike (the same transforms)."""
-        if self.mode != other.mode:
-            return False
-        return self.mode != "recipe" or self.seed == other.seed
-
-    def describe(self) -> str:
-        if not self:
-            return "no views"
-        seed = f", seed {self.seed}" if self.mode == "recipe" else ""
-        return f"{self.count} {self.mode} views{seed}"
 
 
 def use_views(head: Views, data: Views, tta: bool, what: str) -> bool:

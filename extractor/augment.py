@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -79,6 +81,52 @@ def check(mode: str, views: int) -> None:
         raise ValueError(f"--augment-mode {mode} has {limit} distinct views besides the image "
                          f"(its flips and quarter turns); more would repeat them: use --augment "
                          f"{limit} or fewer; got --augment {views}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+    """How many augmented views each image has besides itself, and how they are made: the one
+    description of views shared by caches (`extract --augment`), heads (their metadata), the
+    inference path (`extractor.pipeline.decode`) and the service."""
+
+    count: int = 0
+    mode: str = ""  # recipe, dihedral or flips (MODES)
+    seed: int = 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Views:
+        if not data:
+            return cls()
+        return cls(int(data.get("count", 0)), str(data.get("mode", "")), int(data.get("seed", 0)))
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Views:
+        """From a cache's attributes (`augment_views`, `augment_mode`, `augment_seed`)."""
+        count = int(attrs.get("augment_views", 0) or 0)
+        if not count:
+            return cls()
+        mode = str(attrs.get("augment_mode") or "")
+        if not mode:  # caches written before augment_mode was recorded
+            mode = mode_of(str(attrs.get("augmentation", "")))
+        return cls(count, mode, int(attrs.get("augment_seed", 0) or 0))
+
+    def same_kind(self, other: Views) -> bool:
+        """Whether views numbered alike are made alike (the same transforms)."""
+        if self.mode != other.mode:
+            return False
+        return self.mode != "recipe" or self.seed == other.seed
+
+    def describe(self) -> str:
+        if not self:
+            return "no views"
+        seed = f", seed {self.seed}" if self.mode == "recipe" else ""
+        return f"{self.count} {self.mode} views{seed}"
 
 
 def make_view(pixels: NDArray[np.uint8], sha256: str, view: int, seed: int,

@@ -184,3 +184,21 @@ def test_image_ids_group_the_views_of_each_image(tmp_path: Path) -> None:
     assert ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert all((ids[i] == ids[j]) == (paths[i] == paths[j])
                for i in range(len(ids)) for j in range(len(ids)))
+
+
+def test_one_views_type() -> None:
+    """The classifier's `Views` is the extractor's: one description of views for caches, heads,
+    the inference path and the service."""
+    from classifier.views import Views as ClassifierViews
+    from extractor.augment import Views
+
+    assert ClassifierViews is Views
+    views = Views(2, "dihedral", 0)
+    assert Views.from_dict(views.to_dict()) == views
+    assert Views.from_attrs({"augment_views": 2, "augment_mode": "dihedral"}) == views
+    # Caches written before augment_mode was recorded: the mode read from the description.
+    assert Views.from_attrs({"augment_views": 1, "augmentation": "flips: the left-right"}
+                            ).mode == "flips"
+    assert Views.from_attrs({"augment_views": 0}) == Views() and not Views()
+    assert views.same_kind(Views(7, "dihedral", 5)) and not views.same_kind(Views(2, "recipe"))
+    assert views.describe() == "2 dihedral views"
