@@ -199,6 +199,11 @@ class LoadedHead:
         self.abstain_below: float | None = (float(abstention["threshold"])
                                             if "threshold" in abstention else None)
 
+    @property
+    def has_guard(self) -> bool:
+        """Whether the head has an out-of-distribution guard (`classifier.ood`)."""
+        return self.detector is not None
+
     def ood_scores(self, features: Mapping[str, Any]) -> NDArray[np.float64] | None:
         """(N,) out-of-distribution scores (1.0 is the threshold; above: out of
         distribution), or None for a head without a detector."""

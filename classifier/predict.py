@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classifier.artifact import LoadedHead
-from classifier.views import Views, average, use_views
+from classifier.inference import probabilities
+from classifier.views import Views, use_views
 from extractor import FeatureSpec, SpecMismatchError, open_cache
 from extractor.atomic import atomic_open
 from extractor.backbone import make_spec
@@ -151,6 +152,9 @@ def predict_cache(
                              f"cache {cache_path}")
         paths = cache.paths
         views = cache.views
+        # What the head reads and what its guard reads, in one read per chunk.
+        names = list(dict.fromkeys([*head.feature_names, *(
+            head.detector.feature_names if head.detector is not None else ())]))
         keep = [i for i, p in enumerate(paths) if p in wanted and (averaged or views[i] == 0)]
         # A file's rows (its views) are consecutive, as rows are sorted by path: cut chunks at
         # file boundaries, so a chunk holds every view of its files.
@@ -162,11 +166,10 @@ def predict_cache(
                 if end - begin < CHUNK_ROWS and end < len(keep):
                     continue
                 idx = keep[begin:end]
-                feats = cache.read_named(head.feature_names, idx)
-                proba = np.asarray(head.predict_proba(feats), dtype=np.float64)
-                images, first = average(proba, np.asarray([paths[i] for i in idx], object))
-                scores = _guard_scores(head, cache, [idx[j] for j in first])
-                for n, (j, row) in enumerate(zip(first, images, strict=True)):
+                feats = cache.read_named(names, idx)
+                judged = probabilities(head, feats, np.asarray([paths[i] for i in idx], object))
+                scores = judged.ood_scores
+                for n, (j, row) in enumerate(zip(judged.first, judged.images, strict=True)):
                     path = paths[idx[j]]
                     abstain = head.abstain_below is not None and row.max() < head.abstain_below
                     out[path] = Prediction(
@@ -174,7 +177,7 @@ def predict_cache(
                         [float(v) for v in row],
                         ood_score=None if scores is None else float(scores[n]),
                         abstained=bool(abstain))
-                bar.update(len(first))
+                bar.update(len(judged.first))
                 begin = end
         for path, reason in cache.skipped:
             if path in wanted:
@@ -184,13 +187,6 @@ def predict_cache(
     for name in listing.ignored:
         out[name] = Prediction(name, error=IGNORED_REASON)
     return [out[p] for p in sorted(out)]
-
-
-def _guard_scores(head: LoadedHead, cache: Any, rows: list[int]) -> Any:
-    """The guard's scores of these cache rows; None for a head without a guard."""
-    if head.detector is None:
-        return None
-    return head.detector.scores(cache.read_named(head.detector.feature_names, rows))
 
 
 def write_predictions(

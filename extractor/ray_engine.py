@@ -2,8 +2,9 @@
 
 Ray Data reads the files' bytes (`read_binary_files`, so one corrupt image cannot fail the job
 as `read_images` would) and streams them to a pool of actors. Each actor builds the conv base
-once, decodes its batch and makes its augmented views with the local engine's code
-(`runner.decode_bytes`), runs the model through `runner.forward` and writes the batch as one
+once, hashes and decodes its batch and makes its augmented views on the inference path every
+engine shares (`pipeline.load_bytes`), runs the model through `runner.forward` (batched by
+`pipeline.forward`, checked against the cache's layout) and writes the batch as one
 shard (`extractor.shards`), each image's views after it as in a cache. The driver checks every
 shard and merges them into the cache through an HDF5 virtual dataset, so readers see one cache
 laid out as the local engine lays it out.
@@ -31,14 +32,13 @@ from numpy.typing import NDArray
 from extractor import features as named
 from extractor import rowstore
 from extractor import shards as sh
+from extractor.augment import Views
 from extractor.cache import AugmentSettings
+from extractor.pipeline import FeatureFn, LoadedFile, load_bytes
 from extractor.runner import (
     ExtractError,
-    FeatureFn,
-    LoadedFile,
     Options,
     Summary,
-    decode_bytes,
     extra_attrs,
     forward,
     lock_output,
@@ -86,7 +86,10 @@ class ShardWriter:
                  augment: dict[str, Any] | None = None,
                  features_fn: FeatureFn | None = None) -> None:
         self.spec = FeatureSpec.from_dict(spec)
+        #: As the cache's storage records them (shards are written with them) ...
         self.augment = AugmentSettings.from_attrs(augment or {})
+        #: ... and as the inference path makes them.
+        self.views = Views.from_attrs(augment or {})
         if features_fn is None:
             from extractor.backbone import ConvBase
 
@@ -118,8 +121,7 @@ class ShardWriter:
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         size, views = self.spec.input_size, self.augment
-        items = [decode_bytes(self._rel(str(p)), bytes(b), size, views.views, views.seed,
-                              views.mode)
+        items = [load_bytes(self._rel(str(p)), bytes(b), size, self.views)
                  for p, b in zip(batch["path"], batch["bytes"], strict=True)]
         skipped = [(it.path, it.error) for it in items if it.error is not None]
         good = sorted((it for it in items if it.error is None), key=lambda it: it.path)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,9 @@ from numpy.typing import NDArray
 
 from extractor import augment as aug
 from extractor import backbone as bb
-from extractor import features as named
-from extractor import locking, vgg16
+from extractor import locking, pipeline, vgg16
 from extractor.atomic import remove_stale_temps
+from extractor.augment import Views
 from extractor.cache import (
     AugmentSettings,
     Checkpoint,
@@ -34,7 +34,7 @@ from extractor.cache import (
     open_cache,
 )
 from extractor.features import DEFAULT_POOLED_LAYERS, Features
-from extractor.images import ImageError, decode_image
+from extractor.pipeline import FeatureFn, LoadedFile, load_bytes
 from extractor.rowstore import consolidate
 from extractor.runtimes.int8 import Int8Error
 from extractor.spec import FeatureSpec
@@ -42,11 +42,6 @@ from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
 from extractor.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
-
-#: Pixels -> named features (`extractor.features`): the maps of the spec's layer and the
-#: pooled vectors of its pooled_layers (the main layer's poolings may be left out: they are
-#: derived from its maps).
-FeatureFn = Callable[[NDArray[np.uint8]], Features]
 
 
 class ExtractError(RuntimeError):
@@ -117,40 +112,9 @@ class Summary:
         return self.extracted / self.extract_s if self.extract_s > 0 else 0.0
 
 
-@dataclasses.dataclass
-class LoadedFile:
-    path: str
-    sha256: str
-    pixels: NDArray[np.uint8] | None
-    error: str | None
-    #: Augmented views 1..K of `pixels` (empty without --augment).
-    views: list[NDArray[np.uint8]] = dataclasses.field(default_factory=list)
-    #: Size and mtime of the file as read (recorded, to notice later changes).
-    stat: FileStat = UNKNOWN
-
-    @property
-    def rows(self) -> list[NDArray[np.uint8]]:
-        """The image itself, then its views: what goes through the conv base."""
-        return [] if self.pixels is None else [self.pixels, *self.views]
-
-
-def decode_bytes(
-    rel: str, data: bytes, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
-) -> LoadedFile:
-    """Hash, decode and (with `augment` > 0) make the augmented views of one file's bytes."""
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        pixels = decode_image(data, size)
-    except ImageError as exc:
-        return LoadedFile(rel, sha, None, str(exc))
-    views = [aug.make_view(pixels, sha, v, seed, mode) for v in range(1, augment + 1)]
-    return LoadedFile(rel, sha, pixels, None, views)
-
-
-def load_file(
-    root: Path, rel: str, size: int, augment: int = 0, seed: int = 0, mode: str = "recipe"
-) -> LoadedFile:
-    """Read one file and `decode_bytes` it; an unreadable file is recorded, not raised."""
+def load_file(root: Path, rel: str, size: int, views: Views | None = None) -> LoadedFile:
+    """Read one file and `pipeline.load_bytes` it; an unreadable file is recorded, not
+    raised."""
     read_at = time.time_ns()
     try:
         with open(root / rel, "rb") as fh:
@@ -160,7 +124,7 @@ def load_file(
             st = os.fstat(fh.fileno())
     except OSError as exc:
         return LoadedFile(rel, "", None, f"unreadable file: {exc.strerror or exc}")
-    loaded = decode_bytes(rel, data, size, augment, seed, mode)
+    loaded = load_bytes(rel, data, size, views)
     loaded.stat = identity(st, read_at)
     return loaded
 
@@ -400,19 +364,18 @@ def forward(
     batch_size: int | None = None,
 ) -> Features:
     """The features of every row of `items` (each image, then its views), in that order, run
-    `batch_size` rows at a time (None: all at once) and checked against `spec`."""
-    rows = [px for item in items for px in item.rows]
-    if not rows:
-        return named.empty(spec)
-    step = batch_size or len(rows)
+    `batch_size` rows at a time (None: all at once) through `pipeline.forward` and checked
+    against what a cache of `spec` stores."""
+
+    def checked(pixels: NDArray[np.uint8]) -> Features:
+        return as_features(features_fn(pixels), spec, len(pixels))
+
     try:
-        chunks = [as_features(features_fn(np.stack(rows[i : i + step])), spec,
-                              len(rows[i : i + step]))
-                  for i in range(0, len(rows), step)]
+        return pipeline.forward(checked, [px for item in items for px in item.rows], spec,
+                                batch_size)
     except ValueError as exc:
         raise ExtractError(f"the conv base does not give the features this cache stores: "
                            f"{exc}") from None
-    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 def extra_attrs(opts: Options, weights_path: Path, quantized_sha256: str = "") -> dict[str, str]:
@@ -459,6 +422,7 @@ def _extract(
     pending_dups: list[tuple[str, str, FileStat]] = []
     last_flush = time.monotonic()
     window = max(opts.batch_size * 4, opts.workers * 4)
+    views = Views(opts.augment, opts.augment_mode, opts.augment_seed)
 
     def run_batch() -> None:
         nonlocal pending_rows
@@ -498,16 +462,14 @@ def _extract(
     files = iter(todo)
     try:
         for rel in files:
-            queue.append(pool.submit(load_file, listing.root, rel, opts.image_size, opts.augment,
-                                     opts.augment_seed, opts.augment_mode))
+            queue.append(pool.submit(load_file, listing.root, rel, opts.image_size, views))
             if len(queue) >= window:
                 break
         while queue:
             item = queue.popleft().result()
             nxt = next(files, None)
             if nxt is not None:
-                queue.append(pool.submit(load_file, listing.root, nxt, opts.image_size,
-                                         opts.augment, opts.augment_seed, opts.augment_mode))
+                queue.append(pool.submit(load_file, listing.root, nxt, opts.image_size, views))
             if item.error is not None:
                 cp.skip_paths.append(item.path)
                 cp.skip_reasons.append(item.error)

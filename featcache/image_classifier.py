@@ -1,17 +1,16 @@
 """A head with the conv base it needs: images in, labels and probabilities out.
 
-The same feature path as `extract` and `serve`, not a copy of it: image bytes are decoded by
-`extractor.images.decode_image`, a head trained on augmented views gets the same views of each
-image (`extractor.augment.make_view`, keyed by the SHA-256 of the image's bytes, as `extract`
-keys them by the file's and `serve` by the upload's), `extractor.backbone.ConvBase` makes the
-named features, and the head's probabilities are averaged over an image's views by
-`classifier.views.average`, as `evaluate` and `predict` average them.
+The same inference path as `extract`, `predict` and `serve`, not a copy of it: image bytes are
+hashed, decoded and given the views a head trained on augmented views averages over by
+`extractor.pipeline` (views keyed by the SHA-256 of the image's bytes, as `extract` keys them
+by the file's and `serve` by the upload's), `ConvBase.from_spec` makes the named features the
+head's spec names, and `classifier.inference` averages the head's probabilities over each
+image's views and scores its own row with the guard, as `predict` and `serve` do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 from collections.abc import Iterable, Sequence
@@ -22,9 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from classifier.views import Views, average
-from extractor.augment import make_view
-from extractor.images import ImageError, decode_image
+from classifier.inference import ImageProbabilities, probabilities
+from classifier.views import Views
+from extractor.images import ImageError
+from extractor.pipeline import decode, forward, sha256_of
 
 if TYPE_CHECKING:
     from classifier.artifact import LoadedHead
@@ -154,24 +154,25 @@ class ImageClassifier:
         items = _as_list(images)
         rows: list[NDArray[np.uint8]] = []
         groups: list[int] = []
-        probas: list[NDArray[np.float64]] = []
-        scores: list[NDArray[np.float64]] = []
+        judged: list[ImageProbabilities] = []
         size = self.head.spec.input_size
         for i, item in enumerate(tqdm(items, unit="img", disable=not progress,
                                       desc="predict")):
             rows_of_image = self._pixels(item, i, size)
             rows.extend(rows_of_image)
             groups.extend([i] * len(rows_of_image))
+            # A batch holds whole images (each with all its views), so every image's
+            # probabilities are averaged within one batch.
             if len(rows) >= self.batch_size:
-                probas.append(self._forward(rows, groups[-len(rows):], scores))
-                rows = []
+                judged.append(self._judge(rows, groups))
+                rows, groups = [], []
         if rows:
-            probas.append(self._forward(rows, groups[-len(rows):], scores))
-        guard = np.concatenate(scores) if self.head.detector is not None and scores else None
-        if not probas:
-            return np.zeros((0, len(self.classes_)), np.float64), guard
-        means, _ = average(np.concatenate(probas), np.asarray(groups))
-        return means, guard
+            judged.append(self._judge(rows, groups))
+        if not judged:
+            return np.zeros((0, len(self.classes_)), np.float64), None
+        scores = [j.ood_scores for j in judged if j.ood_scores is not None]
+        guard = np.concatenate(scores) if self.head.has_guard and scores else None
+        return np.concatenate([j.images for j in judged]), guard
 
     def explain(self, image: ImageLike) -> Explanation:
         """Where the prediction of one image came from (`classifier.explain`): `.grid`, the
@@ -181,38 +182,30 @@ class ImageClassifier:
         from classifier.explain import explain
         from extractor.features import from_maps
 
-        data, _ = _encoded(image, 0)
-        rows = self._pixels(image, 0, self.head.spec.input_size)
+        data, what = _encoded(image, 0)
+        sha = sha256_of(data)
+        rows = self._decode(data, what, sha)
         maps = self.base.maps(np.stack(rows))
         proba = self.head.predict_proba(from_maps(maps, self.base.spec))
-        return explain(self.head, maps, proba, rows[0], self.views,
-                       hashlib.sha256(data).hexdigest())
+        return explain(self.head, maps, proba, rows[0], self.views, sha)
 
     def _pixels(self, item: ImageLike, index: int, size: int) -> list[NDArray[np.uint8]]:
-        """An image and its views, decoded as `extract` and `serve` decode them."""
+        """An image and its views (`pipeline.decode`), as `extract` and `serve` make them."""
         data, what = _encoded(item, index)
+        return self._decode(data, what)
+
+    def _decode(self, data: bytes, what: str, sha256: str | None = None
+                ) -> list[NDArray[np.uint8]]:
         try:
-            pixels = decode_image(data, size)
+            return decode(data, self.head.spec.input_size, self.views, sha256=sha256)
         except ImageError as exc:
             raise type(exc)(f"{what}: {exc}") from None
-        if not self.views:
-            return [pixels]
-        sha = hashlib.sha256(data).hexdigest()
-        return [pixels, *(make_view(pixels, sha, v, self.views.seed, self.views.mode)
-                          for v in range(1, self.views.count + 1))]
 
-    def _forward(self, rows: Sequence[NDArray[np.uint8]], groups: Sequence[int],
-                 scores: list[NDArray[np.float64]]) -> NDArray[np.float64]:
-        """The head's probabilities of `rows`; appends the guard's scores of the images whose
-        first row (the image itself) is among them."""
-        features = self.base(np.stack(rows))
-        if self.head.detector is not None:
-            # An image's rows (itself, then its views) never span two batches.
-            firsts = [j for j in range(len(groups)) if j == 0 or groups[j] != groups[j - 1]]
-            if firsts:
-                scores.append(self.head.detector.scores({k: v[firsts]
-                                                         for k, v in features.items()}))
-        return np.asarray(self.head.predict_proba(features), dtype=np.float64)
+    def _judge(self, rows: Sequence[NDArray[np.uint8]], groups: Sequence[int]
+               ) -> ImageProbabilities:
+        """The probabilities of the images whose rows these are, and their guard scores."""
+        features = forward(self.base, rows, self.base.spec)
+        return probabilities(self.head, features, np.asarray(groups))
 
     def __repr__(self) -> str:
         return (f"ImageClassifier(path={str(self.path)!r}, kind={self.kind!r}, "

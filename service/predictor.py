@@ -1,16 +1,21 @@
 """Image bytes -> label and probabilities: the feature cache, the batcher and the heads together.
 
-A head trained on augmented views (`classifier.views`) averages its probabilities over the same
-views of the uploaded image, which the service makes itself from the decoded pixels exactly as
-`extract --augment K --augment-mode M` does (`extractor.augment.make_view`, keyed by the upload's
-SHA-256): K+1 images through the conv base per upload, batched together, each cached on its own.
+The inference path itself is the one every entry point shares: `extractor.pipeline` hashes the
+upload, decodes it and makes its views, and `classifier.inference` turns the features into the
+head's probabilities averaged over the views. What is the service's own is around it: the
+upload and queue limits, the feature cache keyed by `pipeline.view_keys`, the micro-batcher
+that runs the conv base on several requests' images at once, the threads that keep hashing and
+decoding off the event loop, deadlines, and mapping errors to HTTP answers.
+
+A head trained on augmented views (`classifier.views`) gets the same views of the upload as
+`extract --augment K --augment-mode M` makes of a file: K+1 images through the conv base per
+upload, batched together, each cached on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -20,10 +25,12 @@ import numpy as np
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
 
+from classifier.inference import ImageProbabilities, probabilities
 from extractor import features as named
-from extractor import images
-from extractor.augment import make_view
+from extractor import images, pipeline
+from extractor.augment import Views
 from extractor.features import Features
+from extractor.pipeline import sha256_of, view_keys
 from service.batching import MicroBatcher, ModelWorker
 from service.errors import (
     ExplainUnavailableError,
@@ -65,34 +72,22 @@ class Prediction:
     abstained: bool = False
 
 
-def _judge(head: ServedHead, features: Features) -> tuple[NDArray[Any], NDArray[Any] | None]:
-    """The head's probabilities of every row, and its guard's score of the upload (row 0)."""
-    proba = head.predict_proba(features)
-    scores = head.ood_scores({k: v[:1] for k, v in features.items()}) if head.has_guard else None
-    return proba, scores
+def _judge(head: ServedHead, features: Features) -> ImageProbabilities:
+    """The upload's probabilities (its rows: the image, then its views), on the head's
+    thread."""
+    return probabilities(head, features)
 
 
-def _decode(data: bytes, size: int, max_pixels: int, sha256: str, views: Any,
+def _decode(data: bytes, size: int, max_pixels: int, sha256: str, views: Views | None,
             wanted: Sequence[int]) -> list[NDArray[np.uint8]]:
-    """Decode an upload and make the views numbered in `wanted` (0: the image itself)."""
+    """`pipeline.decode`, its errors mapped to the service's (422 / 413 answers)."""
     try:
-        pixels = images.decode_image(data, size, max_pixels=max_pixels)
+        return pipeline.decode(data, size, views, wanted=wanted, max_pixels=max_pixels,
+                               sha256=sha256)
     except images.ImageTooLargeError as exc:
         raise ImageTooLargeError(str(exc)) from None
     except images.ImageError as exc:
         raise InvalidImageError(str(exc)) from None
-    return [pixels if v == 0 else make_view(pixels, sha256, v, views.seed, views.mode)
-            for v in wanted]
-
-
-def _view_keys(key: str, views: Any) -> list[str]:
-    """Feature-cache keys of an upload (its SHA-256) and of each of its views."""
-    count = views.count if views else 0
-    return [key, *(f"{key}:{views.mode}:{views.seed}:{v}" for v in range(1, count + 1))]
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Predictor:
@@ -142,7 +137,7 @@ class Predictor:
         )
 
     async def features(
-        self, data: bytes, views: Any = None
+        self, data: bytes, views: Views | None = None
     ) -> tuple[Features, bool, dict[str, float]]:
         """Named features of an upload, one row per image: the upload itself, then each of
         `views` (a head's `classifier.views.Views`; None or empty: the upload alone). Rows
@@ -154,8 +149,9 @@ class Predictor:
             )
         t0 = time.perf_counter()
         # Hashing 10 MB takes ~20 ms: too long to hold the event loop.
-        key = _sha256(data) if len(data) < 256 * 1024 else await run_in_threadpool(_sha256, data)
-        keys = _view_keys(key, views)
+        key = (sha256_of(data) if len(data) < 256 * 1024
+               else await run_in_threadpool(sha256_of, data))
+        keys = view_keys(key, views)
         rows: list[Features | None] = [self.cache.get(k) for k in keys]
         t1 = time.perf_counter()
         timings = {"hash": (t1 - t0) * 1000.0, "decode": 0.0, "queue": 0.0, "forward": 0.0}
@@ -189,7 +185,7 @@ class Predictor:
             timings["forward"] = max(timings["forward"], batch.forward_ms)
         return named.stack(r for r in rows if r is not None), False, timings
 
-    async def maps(self, data: bytes, views: Any = None
+    async def maps(self, data: bytes, views: Views | None = None
                    ) -> tuple[Maps, Features, NDArray[np.uint8], str, dict[str, float]]:
         """For an explained request: the conv base's maps of the upload and its views, their
         named features, the upload's pixels and SHA-256. Never from the feature cache (it
@@ -201,8 +197,10 @@ class Predictor:
                 f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
             )
         t0 = time.perf_counter()
-        key = _sha256(data) if len(data) < 256 * 1024 else await run_in_threadpool(_sha256, data)
-        wanted = list(range(len(_view_keys(key, views))))
+        key = (sha256_of(data) if len(data) < 256 * 1024
+               else await run_in_threadpool(sha256_of, data))
+        keys = view_keys(key, views)
+        wanted = list(range(len(keys)))
         if self.waiting >= self.max_queue:
             raise self._overloaded()
         self.waiting += len(wanted)
@@ -216,7 +214,7 @@ class Predictor:
         finally:
             self.waiting -= len(wanted)
             self._metrics.images_waiting.set(self.waiting)
-        for v, k in enumerate(_view_keys(key, views)):  # a plain request for it later hits
+        for v, k in enumerate(keys):  # a plain request for it later hits
             self.cache.put(k, named.row(features, v))
         timings = {"hash": (t1 - t0) * 1000.0, "decode": (t2 - t1) * 1000.0, "queue": 0.0,
                    "forward": forward_ms}
@@ -239,12 +237,12 @@ class Predictor:
                 else:
                     features, cached, timings = await self.features(data, views)
                 t1 = time.perf_counter()
-                proba, scores = await self._head_worker.run(_judge, head, features)
+                judged = await self._head_worker.run(_judge, head, features)
                 explained = None
                 if explain:
                     te = time.perf_counter()
                     explained = await self._head_worker.run(
-                        explanation, head.model, maps, proba, pixels, views, key)
+                        explanation, head.model, maps, judged.rows, pixels, views, key)
                     timings["explain"] = (time.perf_counter() - te) * 1000.0
         except Exception as exc:
             error = exc
@@ -262,11 +260,9 @@ class Predictor:
         timings["head"] = (t2 - t1) * 1000.0 - timings.get("explain", 0.0)
         timings["total"] = (t2 - t0) * 1000.0
         # The mean over the image and its views (one row without views).
-        rows = np.asarray(proba, dtype=np.float64)
-        row = rows.mean(axis=0)
-        row /= row.sum()
+        row = judged.images[0]
         classes = [str(c) for c in head.classes_]
-        ood_score = None if scores is None else float(np.asarray(scores)[0])
+        ood_score = None if judged.ood_scores is None else float(judged.ood_scores[0])
         in_distribution = None if ood_score is None else bool(ood_score <= 1.0)
         if ood_score is not None:
             self._metrics.observe_ood(head.name, ood_score, not in_distribution)
@@ -284,7 +280,7 @@ class Predictor:
             head=head.name,
             version=head.version_label,
             cached=cached,
-            views=len(rows),
+            views=len(judged.rows),
             timings_ms={k: round(v, 3) for k, v in timings.items()},
             explanation=explained,
             ood_score=ood_score,
