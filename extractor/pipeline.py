@@ -21,9 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
+from extractor import images
 from extractor.augment import Views, make_view
 from extractor.features import Features
-from extractor.images import MAX_PIXELS, ImageError, decode_image
+from extractor.images import MAX_PIXELS, ImageError
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat
 
@@ -48,7 +49,8 @@ def decode(
     when a view is wanted). The rows other than row 0 are new arrays; row 0 is the decoded
     array itself, never copied.
     """
-    pixels = decode_image(data, size, max_pixels=max_pixels)
+    # Through the module: one decoder for every entry point, and one place to watch it.
+    pixels = images.decode_image(data, size, max_pixels=max_pixels)
     count = views.count if views else 0
     numbers = range(count + 1) if wanted is None else wanted
     if not any(numbers):  # the image alone (or only row 0 asked for)
