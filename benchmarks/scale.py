@@ -110,7 +110,7 @@ def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
 
 def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: list[str] | None
              ) -> dict[str, object]:
-    from extractor.rowstore import compact, disk_bytes
+    from extractor.cache.rows import compact, disk_bytes
     from extractor.runner import Options, lock_output, run
 
     root = work / str(n)

@@ -4,7 +4,7 @@ Ray Data reads the files' bytes (`read_binary_files`, so one corrupt image canno
 as `read_images` would) and streams them to a pool of actors. Each actor builds the conv base
 once, decodes its batch and makes its augmented views with the local engine's code
 (`runner.decode_bytes`), runs the model through `runner.forward` and writes the batch as one
-shard (`extractor.shards`), each image's views after it as in a cache. The driver checks every
+shard (`extractor.cache.shards`), each image's views after it as in a cache. The driver checks every
 shard and merges them into the cache through an HDF5 virtual dataset, so readers see one cache
 laid out as the local engine lays it out.
 
@@ -29,9 +29,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
-from extractor import rowstore
-from extractor import shards as sh
 from extractor.cache import AugmentSettings
+from extractor.cache import rows as cache_rows
+from extractor.cache import shards as sh
 from extractor.runner import (
     ExtractError,
     FeatureFn,
@@ -175,9 +175,9 @@ def _run(opts: Options, ray_opts: RayOptions, features_fn: FeatureFn | None) -> 
     for stale in sh.remove_stale_temps(sdir):
         logger.info("removed %s, left by an interrupted worker", stale.name)
     prior = sh.load_shards(sdir, spec, augment=augment)
-    if opts.out.exists() and rowstore.is_index(opts.out):
+    if opts.out.exists() and cache_rows.is_index(opts.out):
         # A cache a local run appended to: made self-contained, it counts as a shard below.
-        rowstore.compact(opts.out)
+        cache_rows.compact(opts.out)
     base: sh.Shard | None = None
     if opts.out.exists() and not sh.is_virtual(opts.out):
         # A self-contained cache: its rows count as done.

@@ -31,11 +31,11 @@ from extractor.cache import (
     Checkpoint,
     Staging,
     as_features,
+    consolidate,
     open_cache,
 )
 from extractor.features import DEFAULT_POOLED_LAYERS, Features
 from extractor.images import ImageError, decode_image
-from extractor.rowstore import consolidate
 from extractor.runtimes.int8 import Int8Error
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
