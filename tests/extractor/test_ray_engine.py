@@ -403,7 +403,7 @@ def test_predict_on_ray_with_a_views_head_equals_local_predict(
     from classifier.artifact import load_head
     from classifier.training import train
     from extractor.runner import run
-    from classifier.predict_cli import main as predict
+    from featcache.predict_cli import main as predict
 
     images = tmp_path / "images"
     for cls in ("defective", "functional"):
