@@ -45,7 +45,7 @@ def _main(argv: list[str] | None, prog: str) -> int:
 
     from extractor.cache import CacheError
     from extractor.cache.rows import compact
-    from extractor.runner import ExtractError, lock_output
+    from extractor.planner import ExtractError, lock_output
 
     try:
         with lock_output(args.cache):

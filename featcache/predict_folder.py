@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from classifier.artifact import LoadedHead
 from extractor import SpecMismatchError
 from extractor.backbone import make_spec
-from extractor.runner import Options, Summary
+from extractor.planner import Options, Summary
 from extractor.weights import resolve_weights
 
 if TYPE_CHECKING:

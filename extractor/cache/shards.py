@@ -120,6 +120,9 @@ class Shard:
     stats: list[FileStat] | None = None
     #: Each row's view: 0 for the image, 1..V for its augmented views.
     views: list[int] = dataclasses.field(default_factory=list)
+    #: The file's mtime in ns (`mtime` is seconds): what change detection compares with
+    #: (`extractor.planner.shard_records`).
+    mtime_ns: int = 0
 
 
 def read_shard(
@@ -159,7 +162,8 @@ def read_shard(
                            strict=True))
         stats = read_stats(f, "", len(paths)) if "file_size" in f else None
         views = f["view"][:].tolist() if "view" in f else [0] * len(paths)
-    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats, views)
+    st = path.stat()
+    return Shard(path, paths, sha, skipped, st.st_mtime, stats, views, st.st_mtime_ns)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
@@ -215,13 +219,15 @@ def merge(
     class_names: Sequence[str],
     spec: FeatureSpec,
     extra_attrs: Mapping[str, Any],
+    verified: Mapping[str, FileStat] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Write `cache_path` as a virtual dataset over `shards`; return (rows, skipped files).
 
     Only paths in `labels` (the folder as scanned now) are kept, sorted as the local engine
     sorts them, each image's views after it. When shards disagree about a path, a row beats a
     skip and the newest shard wins (all of the path's rows come from that shard).
-    The views' settings (`augment_*` attributes) belong in `extra_attrs`.
+    The views' settings (`augment_*` attributes) belong in `extra_attrs`. `verified` gives fresh
+    stats of files checked unchanged since their shard recorded them (recorded instead).
     """
     rows: dict[str, list[_Row]] = {}
     skipped: dict[str, str] = {}
@@ -258,7 +264,8 @@ def merge(
         out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
         write_strings(out, "paths", [p for p, _ in keep])
         write_strings(out, "sha256", [row.sha256 for _, row in keep])
-        write_stats(out, "", [row.stat for _, row in keep])
+        now = verified or {}
+        write_stats(out, "", [now.get(p, row.stat) for p, row in keep])
         out.create_dataset("view", data=np.array([row.view for _, row in keep], np.int16))
         grp = out.create_group("skipped")
         write_strings(grp, "paths", skip_keep)
