@@ -110,8 +110,9 @@ def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
 
 def one_size(n: int, work: Path, distinct: int, conv_base: Any, train: list[str] | None
              ) -> dict[str, object]:
-    from extractor.rowstore import compact, disk_bytes
-    from extractor.runner import Options, lock_output, run
+    from extractor.cache.rows import compact, disk_bytes
+    from extractor.planner import Options, lock_output
+    from extractor.runner import run
 
     root = work / str(n)
     shutil.rmtree(root, ignore_errors=True)

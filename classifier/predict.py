@@ -1,11 +1,11 @@
-"""Batch prediction: every image under a folder -> its predicted label and class probabilities.
+"""Batch prediction from a cache: a head + a feature cache of a folder -> each image's predicted
+label and class probabilities.
 
-Features come from a feature cache of the folder, made (or brought up to date) with the
-extractor's local or Ray engine using the head's feature settings, so a second run over the same
-folder reuses the cache and runs no model. A head trained on augmented views gets the same views
-of every file extracted, and its probabilities are averaged over them (`classifier.views`; off
-with `tta=False`). Files the extractor could not use get a row with the reason instead of
-probabilities.
+A head trained on augmented views gets its probabilities averaged over each file's views
+(`classifier.views`; off with `tta=False`). Files the extractor could not use get a row with the
+reason instead of probabilities. Making or updating the folder's cache first (with the local or
+Ray engine) is `featcache.predict_folder`'s: classifier imports no extraction engine
+(issue 17, item 3; tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,19 +25,12 @@ from classifier.inference import probabilities
 from classifier.views import Views, use_views
 from extractor import FeatureSpec, SpecMismatchError, open_cache
 from extractor.atomic import atomic_open
-from extractor.backbone import make_spec
-from extractor.runner import Options, Summary
 from extractor.walk import scan
-from extractor.weights import resolve_weights
-
-if TYPE_CHECKING:
-    from extractor.ray_engine import RayOptions
 
 logger = logging.getLogger(__name__)
 
 #: Rows read from the cache per predict_proba call.
 CHUNK_ROWS = 1024
-CACHE_DIRNAME = ".featcache"
 IGNORED_REASON = ("not extracted: files beside sub-folders are left out (the cache layout treats "
                   "sub-folders as classes); move it into a sub-folder")
 
@@ -54,20 +47,6 @@ class Prediction:
     abstained: bool = False
 
 
-def default_cache(directory: Path, head: LoadedHead, tta: bool = True) -> Path:
-    """`DIR/.featcache/<settings>.h5`: hidden, so the folder scan skips it; one per settings
-    (layer, input size, weights, precision, and the views averaged over)."""
-    s = head.spec
-    parts = [s.backbone, s.layer, str(s.input_size), s.weights_sha256[:12]]
-    if s.precision != "fp32":
-        parts.append(f"{s.precision}-{s.quantized_sha256[:12]}")
-    views = head.views if tta else None
-    if views:
-        parts.append(f"{views.mode}{views.count}" + (f"s{views.seed}" if views.mode == "recipe"
-                                                    else ""))
-    return directory / CACHE_DIRNAME / ("-".join(parts) + ".h5")
-
-
 def check_features(head: LoadedHead, spec: FeatureSpec, what: str) -> None:
     """Refuse features made otherwise than the head's (weights, input size, preprocessing,
     precision), or lacking one the head reads; the stored maps' layer may differ."""
@@ -80,59 +59,6 @@ def check_features(head: LoadedHead, spec: FeatureSpec, what: str) -> None:
     if missing:
         raise SpecMismatchError(f"{what} lacks features head {head.name} reads: "
                                 f"{', '.join(missing)}")
-
-
-def extract_for_head(
-    head: LoadedHead,
-    directory: Path,
-    cache: Path,
-    *,
-    weights: str | None = None,
-    batch_size: int = 16,
-    progress: bool = False,
-    engine: str = "local",
-    runtime: str = "auto",
-    ray_options: RayOptions | None = None,
-    tta: bool = True,
-    precision: str | None = None,
-) -> Summary:
-    """Bring `cache` up to date with `directory`, with the head's feature settings (and, with
-    `tta`, the views the head averages over).
-
-    `precision` defaults to the head's; int8 uses the very int8 model the head was trained with
-    (found by its hash)."""
-    precision = precision or head.spec.precision
-    views = head.views if tta else None
-    if precision != head.spec.precision:
-        raise ValueError(f"--precision {precision}: head {head.name!r} was trained on "
-                         f"{head.spec.precision} features; leave out --precision or pass "
-                         f"--precision {head.spec.precision}")
-    weights_path = resolve_weights(weights)
-    qsha = head.spec.quantized_sha256 or None
-    if precision == "int8":
-        runtime = "onnxruntime" if runtime == "auto" else runtime
-    spec = make_spec(weights_path, head.spec.layer, head.spec.input_size, precision=precision,
-                     quantized_sha256=qsha)
-    diffs = spec.feed_differences(head.spec)
-    if diffs:
-        raise SpecMismatchError(
-            f"weights {weights_path} do not make the features head {head.name} was trained on "
-            f"({', '.join(diffs)} differ); pass the same --weights as its training cache")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    opts = Options(directory=directory, out=cache, weights=weights,
-                   image_size=head.spec.input_size, layer=head.spec.layer,
-                   batch_size=batch_size, progress=progress, runtime=runtime,
-                   augment=views.count if views else 0,
-                   augment_seed=views.seed if views else 0,
-                   augment_mode=views.mode if views else "recipe",
-                   precision=precision, quantized_sha256=qsha)
-    if engine == "ray":
-        from extractor.ray_engine import run as run_ray
-
-        return run_ray(opts, ray_options)
-    from extractor.runner import run
-
-    return run(opts)
 
 
 def predict_cache(

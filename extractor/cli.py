@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from extractor import console
 
 if TYPE_CHECKING:
-    from extractor.runner import Summary
+    from extractor.planner import Summary
 
 PRECISION_ENV = "FEATCACHE_PRECISION"
 
@@ -187,7 +187,8 @@ def _main(argv: list[str] | None, prog: str) -> int:
     console.setup_logging("warning", quiet=args.quiet)
 
     from extractor.cache import CacheError
-    from extractor.runner import ExtractError, Options, run
+    from extractor.planner import ExtractError, Options
+    from extractor.runner import run
     from extractor.runtimes.int8 import Int8Error
     from extractor.runtimes.onnx_export import ExportError
     from extractor.weights import WeightsError

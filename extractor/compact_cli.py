@@ -44,8 +44,8 @@ def _main(argv: list[str] | None, prog: str) -> int:
     console.setup_logging("warning", quiet=args.quiet)
 
     from extractor.cache import CacheError
-    from extractor.rowstore import compact
-    from extractor.runner import ExtractError, lock_output
+    from extractor.cache.rows import compact
+    from extractor.planner import ExtractError, lock_output
 
     try:
         with lock_output(args.cache):

@@ -5,17 +5,18 @@ as `read_images` would) and streams them to a pool of actors. Each actor builds 
 once, hashes and decodes its batch and makes its augmented views on the inference path every
 engine shares (`pipeline.load_bytes`), runs the model through `runner.forward` (batched by
 `pipeline.forward`, checked against the cache's layout) and writes the batch as one
-shard (`extractor.shards`), each image's views after it as in a cache. The driver checks every
+shard (`extractor.cache.shards`), each image's views after it as in a cache. The driver checks every
 shard and merges them into the cache through an HDF5 virtual dataset, so readers see one cache
 laid out as the local engine lays it out.
 
-Validation (`runner.plan`), file listing, labels and cache attributes are the local engine's.
+Validation (`planner.plan`), the output's lock, change detection (`planner.todo`, over what the
+shards recorded), file listing, labels and cache attributes are the local engine's
+(`extractor.planner`): the engines differ only in how they spread the work.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -30,19 +31,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
-from extractor import rowstore
-from extractor import shards as sh
 from extractor.augment import Views
 from extractor.cache import AugmentSettings
+from extractor.cache import rows as cache_rows
+from extractor.cache import shards as sh
 from extractor.pipeline import FeatureFn, LoadedFile, load_bytes
-from extractor.runner import (
+from extractor.planner import (
     ExtractError,
     Options,
     Summary,
     extra_attrs,
-    forward,
     lock_output,
     plan,
+    shard_records,
+)
+from extractor.planner import (
+    todo as todo_files,
+)
+from extractor.runner import (
+    forward,
 )
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat, identity
@@ -178,29 +185,33 @@ def _run(opts: Options, ray_opts: RayOptions, features_fn: FeatureFn | None) -> 
     for stale in sh.remove_stale_temps(sdir):
         logger.info("removed %s, left by an interrupted worker", stale.name)
     prior = sh.load_shards(sdir, spec, augment=augment)
-    if opts.out.exists() and rowstore.is_index(opts.out):
+    if opts.out.exists() and cache_rows.is_index(opts.out):
         # A cache a local run appended to: made self-contained, it counts as a shard below.
-        rowstore.compact(opts.out)
+        cache_rows.compact(opts.out)
     base: sh.Shard | None = None
     if opts.out.exists() and not sh.is_virtual(opts.out):
         # A self-contained cache: its rows count as done.
         base = sh.read_shard(opts.out, spec, augment)
-    done, retry = _done(listing.root, [*([base] if base else []), *prior])
-    todo = [p for p in listing.labels if p not in done or p in retry]
-    summary.already_cached = len(listing.labels) - len(todo)
-    summary.removed = len(done - set(listing.labels) - retry)
+    recorded = shard_records([*([base] if base else []), *prior])
+    work = todo_files(listing.root, listing.labels, recorded)
+    summary.already_cached = len(listing.labels) - len(work.paths)
+    summary.changed = work.changed
+    # As the local engine counts it: rows (not skips) of files gone from the folder.
+    summary.removed = sum(1 for p, r in recorded.items()
+                          if r.sha256 is not None and p not in listing.labels)
 
     reported: list[Path] = []
-    if todo:
+    if work.paths:
         t_loop = time.perf_counter()
         try:
-            reported = _extract(opts, ray_opts, listing.root, todo, spec, weights_path, sdir,
-                                summary, features_fn)
+            reported = _extract(opts, ray_opts, listing.root, work.paths, spec, weights_path,
+                                sdir, summary, features_fn)
         finally:
             summary.extract_s = time.perf_counter() - t_loop
 
     shards = sh.load_shards(sdir, spec, expected=reported, augment=augment)
-    if todo and _record_vanished(listing.root, todo, shards, reported, sdir, spec, augment):
+    if work.paths and _record_vanished(listing.root, work.paths, shards, reported, sdir, spec,
+                                       augment):
         shards = sh.load_shards(sdir, spec, augment=augment)
     if base is not None:
         sdir.mkdir(parents=True, exist_ok=True)
@@ -210,50 +221,13 @@ def _run(opts: Options, ray_opts: RayOptions, features_fn: FeatureFn | None) -> 
     extra = {**extra_attrs(opts, weights_path, spec.quantized_sha256), **augment.to_attrs(),
              "engine": "ray"}
     summary.total, summary.skipped = sh.merge(
-        opts.out, shards, listing.labels, listing.class_names, spec, extra
+        opts.out, shards, listing.labels, listing.class_names, spec, extra, work.verified
     )
     if ray_opts.self_contained:
         sh.make_self_contained(opts.out)
         sh.remove_shards(sdir)
     summary.elapsed_s = time.perf_counter() - t0
     return summary
-
-
-def _done(root: Path, shards: list[sh.Shard]) -> tuple[set[str], set[str]]:
-    """Paths the shards account for, and those changed since they were read (tried again):
-    rows whose file's size or mtime differs from the newest shard's record (or, when its mtime
-    is unknown, whose bytes differ), and skipped files modified after their shard was written."""
-    rows: set[str] = set()
-    skipped_at: dict[str, float] = {}
-    recorded: dict[str, tuple[str, FileStat | None]] = {}
-    for shard in shards:
-        rows.update(shard.paths)
-        for i, (p, sha) in enumerate(zip(shard.paths, shard.sha256, strict=True)):
-            recorded[p] = (sha, shard.stats[i] if shard.stats is not None else None)
-    for shard in shards:
-        for p in shard.skipped:
-            skipped_at[p] = max(skipped_at.get(p, 0.0), shard.mtime)
-    retry = set()
-    for p, (sha, stat) in recorded.items():
-        if stat is None:
-            continue  # a shard from before stats were kept: trusted, as it always was
-        try:
-            file = root / p
-            if stat.matches(file.stat()):
-                continue
-            if stat.known or hashlib.sha256(file.read_bytes()).hexdigest() != sha:
-                retry.add(p)
-        except OSError:
-            continue  # gone: dropped from the cache by the merge
-    for p, when in skipped_at.items():
-        if p in rows:
-            continue
-        try:
-            if (root / p).stat().st_mtime > when:
-                retry.add(p)
-        except OSError:
-            continue
-    return rows | set(skipped_at), retry
 
 
 #: CPUs a read task asks for. It only reads files' bytes; asking for a whole CPU would leave a

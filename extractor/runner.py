@@ -1,4 +1,7 @@
-"""Drives an extraction: folder scan -> decode threads -> conv base -> checkpoints -> cache.
+"""The local engine: folder scan -> decode threads -> conv base -> checkpoints -> cache.
+
+What to extract (options, the output's lock, change detection) is `extractor.planner`'s, shared
+with the Ray engine; storing it is `extractor.cache`'s (checkpoints, then `consolidate`).
 
 Decoding (file read, SHA-256, image decode and resize) runs in a small thread pool a bounded
 window ahead of the model, so the model never waits on the disk and memory stays flat however
@@ -9,108 +12,36 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from extractor import augment as aug
 from extractor import backbone as bb
-from extractor import locking, pipeline, vgg16
-from extractor.atomic import remove_stale_temps
+from extractor import pipeline
 from extractor.augment import Views
-from extractor.cache import (
-    AugmentSettings,
-    Checkpoint,
-    Staging,
-    as_features,
-    open_cache,
-)
-from extractor.features import DEFAULT_POOLED_LAYERS, Features
+from extractor.cache import Checkpoint, Staging, as_features, consolidate, open_cache
+from extractor.features import Features
 from extractor.pipeline import FeatureFn, LoadedFile, load_bytes
-from extractor.rowstore import consolidate
-from extractor.runtimes.int8 import Int8Error
+from extractor.planner import (
+    ExtractError,
+    Options,
+    Summary,
+    cache_records,
+    extra_attrs,
+    lock_output,
+    plan,
+)
+from extractor.planner import todo as todo_files
 from extractor.spec import FeatureSpec
-from extractor.walk import UNKNOWN, FileStat, Listing, identity, scan
-from extractor.weights import resolve_weights
+from extractor.walk import FileStat, Listing, identity
 
 logger = logging.getLogger(__name__)
-
-
-class ExtractError(RuntimeError):
-    """The extraction cannot run as asked; the message says what to change."""
-
-
-@dataclasses.dataclass
-class Options:
-    directory: Path
-    out: Path
-    weights: str | None = None
-    image_size: int = vgg16.DEFAULT_IMAGE_SIZE
-    layer: str = vgg16.DEFAULT_LAYER
-    batch_size: int = 16
-    #: Checkpoint after this many files, or this many seconds, whichever comes first.
-    checkpoint_every: int = 512
-    checkpoint_seconds: float = 60.0
-    workers: int = 2
-    progress: bool = True
-    #: Augmented views stored per image besides the image itself, and the seed drawing them.
-    augment: int = 0
-    augment_seed: int = 0
-    augment_mode: str = "recipe"  # or "dihedral", "flips" (extractor.augment)
-    #: Layers whose global average and max pooled vectors are stored beside the maps. None:
-    #: those of the existing cache, or `extractor.features.DEFAULT_POOLED_LAYERS` for a new one.
-    pooled_layers: tuple[str, ...] | None = None
-
-    @property
-    def augmentation(self) -> AugmentSettings:
-        if not self.augment:
-            return AugmentSettings()
-        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode),
-                               self.augment_mode)
-    #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
-    runtime: str = bb.AUTO
-    #: "fp32" (equal to Keras) or "int8" (the quantized model, `extractor.runtimes.int8`).
-    precision: str = "fp32"
-    #: int8 only: calibrate a new int8 model on this folder's images instead of the bundled
-    #: photos.
-    calibration: Path | None = None
-    #: int8 only: the int8 model to use, by its SHA-256 (e.g. the one a head was trained with);
-    #: None: the cache's own, else this machine's.
-    quantized_sha256: str | None = None
-    #: onnxruntime intra-op threads; None: the CPUs this process may use.
-    threads: int | None = None
-
-
-@dataclasses.dataclass
-class Summary:
-    out: Path
-    total: int = 0  # rows in the cache after the run
-    extracted: int = 0  # images run through the conv base in this run
-    duplicates: int = 0  # files whose bytes matched an image already extracted
-    already_cached: int = 0  # files skipped because the cache (or a checkpoint) had them
-    removed: int = 0  # rows dropped because their files left the folder
-    #: Cached (or checkpointed) files whose bytes changed since they were read: extracted again.
-    changed: set[str] = dataclasses.field(default_factory=set)
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    elapsed_s: float = 0.0  # whole run, model loading included
-    extract_s: float = 0.0  # the decode + forward-pass loop alone
-    class_names: list[str] = dataclasses.field(default_factory=list)
-    runtime: str = ""  # what ran the conv base (recorded in the cache's metadata)
-    precision: str = "fp32"
-
-    @property
-    def images_per_s(self) -> float:
-        """Throughput of the extraction loop (decode and forward pass; not model loading)."""
-        return self.extracted / self.extract_s if self.extract_s > 0 else 0.0
-
 
 def load_file(root: Path, rel: str, size: int, views: Views | None = None) -> LoadedFile:
     """Read one file and `pipeline.load_bytes` it; an unreadable file is recorded, not
@@ -129,104 +60,6 @@ def load_file(root: Path, rel: str, size: int, views: Views | None = None) -> Lo
     return loaded
 
 
-def _check_output(out: Path) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise ExtractError(f"--out must be a file path; {out} is a folder")
-    if not parent.is_dir():
-        raise ExtractError(f"cannot write {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ExtractError(f"cannot write {out}: folder {parent} is not writable")
-
-
-def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
-    """Validate everything that can be checked before the model loads."""
-    try:
-        listing = scan(opts.directory)
-    except NotADirectoryError as exc:
-        raise ExtractError(str(exc)) from None
-    if not listing.labels:
-        raise ExtractError(f"no files found in {opts.directory}")
-    _check_output(opts.out)
-    theirs: FeatureSpec | None = None
-    if opts.out.exists():
-        # Settings only: a merged cache that lost shards is refused where its rows are read.
-        with open_cache(opts.out, check_sources=False) as cache:
-            theirs = cache.spec
-            theirs_augment = cache.augmentation
-    pooled = opts.pooled_layers
-    if pooled is None:
-        pooled = theirs.pooled_layers if theirs is not None else DEFAULT_POOLED_LAYERS
-    try:
-        aug.check(opts.augment_mode, opts.augment)
-        vgg16.validate(opts.layer, opts.image_size, tuple(pooled))
-        runtime = bb.resolve_runtime(opts.runtime, opts.precision)
-    except ValueError as exc:
-        raise ExtractError(str(exc)) from None
-    weights_path = resolve_weights(opts.weights)
-    if theirs is not None and theirs.precision != opts.precision:
-        # Refused before an int8 model is built for nothing.
-        _refuse_mix(opts.out, {"precision": (opts.precision, theirs.precision)})
-    # An int8 cache is extended with the very model that made it, found by its hash.
-    same_model = (theirs.quantized_sha256 if theirs is not None and theirs.precision == "int8"
-                  and opts.precision == "int8" else opts.quantized_sha256)
-    try:
-        spec = bb.make_spec(weights_path, opts.layer, opts.image_size, runtime, tuple(pooled),
-                            precision=opts.precision, quantized_sha256=same_model,
-                            calibration=opts.calibration)
-    except (Int8Error, ValueError) as exc:
-        raise ExtractError(str(exc)) from None
-    if theirs is not None:
-        diffs = spec.file_differences(theirs)
-        if diffs.keys() - {"pooled_layers"}:
-            _refuse_mix(opts.out, diffs)
-        if diffs:  # only the pooled layers differ: say how to extend it
-            def show(layers: tuple[str, ...]) -> str:
-                return ",".join(layers) or "none"
-
-            raise ExtractError(
-                f"{opts.out} holds the pooled vectors of other layers (pooled_layers: cache has "
-                f"{show(theirs.pooled_layers)}, this run {show(spec.pooled_layers)}). A cache "
-                f"never mixes them: pass --pooled-layers {show(theirs.pooled_layers)} (or leave "
-                f"it out) to extend it, choose another --out, or delete {opts.out} to rebuild it."
-            )
-        if theirs_augment != opts.augmentation:
-            raise ExtractError(
-                f"{opts.out} holds {theirs_augment.views} augmented views per image (seed "
-                f"{theirs_augment.seed}; {theirs_augment.description or 'none'}); this run asks "
-                f"for {opts.augment} (seed {opts.augment_seed}; {opts.augment_mode}). Use the "
-                f"same --augment, --augment-seed and --augment-mode, another --out, or delete "
-                f"{opts.out} to rebuild it."
-            )
-    Staging(opts.out, spec, opts.augmentation).check()
-    return listing, spec, weights_path
-
-
-@contextlib.contextmanager
-def lock_output(out: Path) -> Iterator[None]:
-    """Be the only run writing `out` (and its checkpoints or shards) for the block."""
-    _check_output(out)
-    try:
-        with locking.exclusive(out):
-            # Nobody else writes `out` now: a temporary beside it is a killed run's leftover.
-            for stale in remove_stale_temps(out):
-                logger.info("removed %s, left by an interrupted run", stale.name)
-            yield
-    except locking.Busy as exc:
-        raise ExtractError(
-            f"{out} is being written by another extract ({exc.holder}); wait for it to finish, "
-            f"or choose another --out (lock file: {exc.lock})"
-        ) from None
-
-
-def _refuse_mix(out: Path, diffs: Mapping[str, tuple[object, object]]) -> None:
-    detail = "; ".join(f"{k}: cache has {b!r}, this run {a!r}" for k, (a, b) in diffs.items())
-    raise ExtractError(
-        f"{out} was made with other settings ({detail}). Features made differently are never "
-        f"mixed: choose another --out, or delete {out} to rebuild it."
-    )
-
-
 def run(opts: Options, features_fn: FeatureFn | None = None) -> Summary:
     """Extract `opts.directory` into `opts.out`, resuming whatever a previous run left."""
     with lock_output(opts.out):
@@ -240,49 +73,15 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     for name in listing.ignored:
         logger.warning("ignoring %s: files beside class folders belong to no class", name)
 
-    previous: dict[str, tuple[str, FileStat]] = {}  # path -> (sha256, stat) of cached files
-    previous_skipped: set[str] = set()
-    previous_classes: list[str] | None = None
-    since: int | None = None  # caches without recorded stats: the old watermark, their mtime
-    if opts.out.exists():
-        with open_cache(opts.out) as cache:
-            stats = cache.file_stats
-            if stats is None:
-                since = opts.out.stat().st_mtime_ns
-                stats = [UNKNOWN] * len(cache)
-            previous = dict(zip(cache.paths, zip(cache.sha256, stats, strict=True), strict=True))
-            previous_skipped = {p for p, _ in cache.skipped}
-            previous_classes = cache.class_names
     staging = Staging(opts.out, spec, opts.augmentation)
-    staged, part_shas = staging.contents()
-    todo: list[str] = []
-    verified: dict[str, FileStat] = {}
-    root = str(listing.root)
-    for path in listing.labels:
-        entry = staged.get(path)
-        recorded: tuple[str | None, FileStat, int | None]
-        if entry is None and path in previous and _stat_matches(f"{root}/{path}",
-                                                                previous[path][1]):
-            continue  # the common case, kept cheap: one stat per file (issue 19, item 2)
-        if entry is not None:
-            recorded = (entry.sha256 or None, entry.stat, None)
-        elif path in previous:
-            recorded = (*previous[path], since)
-        else:
-            todo.append(path)
-            continue
-        same, fresh = _unchanged(listing.root / path, *recorded)
-        if same:
-            if fresh is not None:
-                verified[path] = fresh
-            continue
-        todo.append(path)
-        if entry is None or entry.kind != "skip":
-            summary.changed.add(path)
+    previous = cache_records(opts.out, staging)
+    work = todo_files(listing.root, listing.labels, previous.recorded)
+    todo, verified = work.paths, work.verified
+    summary.changed = work.changed
     summary.already_cached = len(listing.labels) - len(todo)
     summary.runtime = spec.runtime
     summary.precision = spec.precision
-    summary.removed = sum(1 for p in previous if p not in listing.labels)
+    summary.removed = sum(1 for p in previous.cached if p not in listing.labels)
 
     if todo:
         if features_fn is None:
@@ -292,7 +91,7 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
             # A conv base handed in by the caller says which runtime really makes the features.
             staging.spec = dataclasses.replace(staging.spec, runtime=made_by)
             summary.runtime = made_by
-        seen = {sha for sha, _ in previous.values()} | part_shas
+        seen = set(previous.cached.values()) | previous.part_shas
         t_loop = time.perf_counter()
         try:
             _extract(opts, listing, todo, seen, staging, features_fn, summary)
@@ -302,9 +101,9 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
     staged, _ = staging.contents()
     changed = (
         any(e.kind != "skip" for e in staged.values())
-        or {p for p, e in staged.items() if e.kind == "skip"} != previous_skipped
+        or {p for p, e in staged.items() if e.kind == "skip"} != previous.skipped
         or summary.removed > 0
-        or previous_classes != listing.class_names
+        or previous.class_names != listing.class_names
     )
     if changed:
         summary.total, summary.skipped = consolidate(
@@ -318,45 +117,6 @@ def _run(opts: Options, features_fn: FeatureFn | None) -> Summary:
             summary.total, summary.skipped = cache.n_images, cache.skipped
     summary.elapsed_s = time.perf_counter() - t0
     return summary
-
-
-def _stat_matches(file: str, recorded: FileStat) -> bool:
-    """Same size and known, same mtime as recorded (`FileStat.matches`), without a Path."""
-    if recorded.mtime_ns < 0:
-        return False
-    try:
-        st = os.stat(file)
-    except OSError:
-        return False
-    return st.st_size == recorded.size and st.st_mtime_ns == recorded.mtime_ns
-
-
-def _unchanged(
-    file: Path, sha256: str | None, recorded: FileStat, since_ns: int | None
-) -> tuple[bool, FileStat | None]:
-    """Whether `file` still holds what was recorded of it, and its stat to record when checked.
-
-    Same size and mtime as recorded: unchanged, without reading it. Otherwise (or when the
-    recorded mtime is unknown) its bytes are hashed and compared. `sha256` None: a file recorded
-    as unusable, tried again whenever it looks changed. `since_ns`: a cache made before stats
-    were recorded trusts files older than itself, as it always did.
-    """
-    checked_at = time.time_ns()
-    try:
-        st = file.stat()
-    except OSError:
-        return False, None  # unreadable now: extract it again, which records why
-    if recorded.matches(st):
-        return True, None
-    if since_ns is not None and st.st_mtime_ns < since_ns:
-        return True, identity(st, checked_at)
-    if sha256 is None:
-        return False, None
-    try:
-        same = hashlib.sha256(file.read_bytes()).hexdigest() == sha256
-    except OSError:
-        return False, None
-    return (True, identity(st, checked_at)) if same else (False, None)
 
 
 def forward(
@@ -376,31 +136,6 @@ def forward(
     except ValueError as exc:
         raise ExtractError(f"the conv base does not give the features this cache stores: "
                            f"{exc}") from None
-
-
-def extra_attrs(opts: Options, weights_path: Path, quantized_sha256: str = "") -> dict[str, str]:
-    """Cache attributes that describe the run (not the features): both engines write them."""
-    import importlib.metadata as md
-
-    try:
-        keras_version = md.version("keras")
-    except md.PackageNotFoundError:
-        keras_version = "unknown"
-    from extractor.runtimes.cpu import detect
-
-    extra = {}
-    if quantized_sha256:
-        from extractor.runtimes import int8
-
-        extra["int8_weights"] = int8.scheme_of(weights_path, quantized_sha256)
-    return {
-        "cpu": detect().describe(),  # int8 features depend on it (extractor.runtimes.int8)
-        **extra,
-        "weights_source": opts.weights or "default",
-        "weights_file": weights_path.name,
-        "keras_version": keras_version,
-        "source_dir": str(opts.directory.resolve()),
-    }
 
 
 def _extract(

@@ -2,7 +2,7 @@
 
     import featcache
 
-    featcache.extract("data/train", "train.h5")             # -> extractor.runner.Summary
+    featcache.extract("data/train", "train.h5")             # -> extractor.planner.Summary
     featcache.extract("data/validation", "val.h5")
     head = featcache.train_head("train.h5", "heads/elpv", val_cache="val.h5")
     head.predict(["cell1.png", "cell2.png"]).labels          # image files, bytes, PIL, arrays
@@ -24,7 +24,7 @@ __version__: str
 if TYPE_CHECKING:
     from classifier.heads import LogRegHead, SVMHead
     from extractor.cache import FeatureCache
-    from extractor.runner import Summary
+    from extractor.planner import Summary
     from featcache.api import evaluate, extract, load_head, open_cache, train_head
     from featcache.image_classifier import ImageClassifier, Predictions
     from featcache.info import describe
@@ -38,7 +38,7 @@ _LAZY = {
     "describe": "featcache.info",
     "ImageClassifier": "featcache.image_classifier",
     "Predictions": "featcache.image_classifier",
-    "Summary": "extractor.runner",
+    "Summary": "extractor.planner",
     "FeatureCache": "extractor.cache",
     "LogRegHead": "classifier.heads",
     "SVMHead": "classifier.heads",

@@ -1,7 +1,7 @@
 """The Python API: each function runs the same code as the command of the same name.
 
 Errors are the commands' (each a ValueError, RuntimeError or OSError with a one-line message:
-`extractor.runner.ExtractError`, `extractor.CacheError`, `classifier.errors.DataError`,
+`extractor.planner.ExtractError`, `extractor.CacheError`, `classifier.errors.DataError`,
 `classifier.errors.ArtifactError`, ...), raised rather than printed.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from classifier.artifact import LoadedHead
     from extractor.cache import FeatureCache
-    from extractor.runner import Summary
+    from extractor.planner import Summary
     from featcache.image_classifier import ImageClassifier
 
 PathLike = str | os.PathLike[str]
@@ -34,7 +34,8 @@ def extract(directory: PathLike, out: PathLike = "feats.h5", *, progress: bool =
     as `--engine ray` takes them). Returns the run's summary; `summary.total` is 0 when no
     image could be cached (the command exits 1 then).
     """
-    from extractor.runner import Options, run
+    from extractor.planner import Options
+    from extractor.runner import run
 
     known = {f.name for f in dataclasses.fields(Options)} - {"directory", "out", "progress"}
     unknown = sorted(set(options) - known)

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                    "train a classifier head on a cache"),
     "evaluate": ("classifier.cli", "build_evaluate_parser", "evaluate_main",
                  "a head's metrics on a labelled cache"),
-    "predict": ("classifier.predict_cli", "build_parser", "main",
+    "predict": ("featcache.predict_cli", "build_parser", "main",
                 "label every image in a folder (CSV or JSON Lines)"),
     "serve": ("service.cli", "build_parser", "main",
               "serve heads over HTTP"),

@@ -139,9 +139,9 @@ def test_every_entry_point_agrees(
 
     import featcache
     from classifier.artifact import load_head
-    from classifier.predict_cli import main as predict
     from extractor import open_cache
     from extractor.pipeline import sha256_of, view_keys
+    from featcache.predict_cli import main as predict
     from service.app import create_app
     from service.config import Settings
 

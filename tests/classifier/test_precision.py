@@ -44,10 +44,10 @@ def test_predict_with_an_int8_head_uses_its_model(
     small_image_dir: Path, tmp_path: Path, weights_path: Path
 ) -> None:
     from classifier.artifact import load_head
-    from classifier.predict import default_cache
-    from classifier.predict_cli import main as predict_main
     from extractor import open_cache
     from extractor.runner import Options, run
+    from featcache.predict_cli import main as predict_main
+    from featcache.predict_folder import default_cache
 
     cache = tmp_path / "int8.h5"
     run(Options(directory=small_image_dir, out=cache, weights=str(weights_path),

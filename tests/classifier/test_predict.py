@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.predict_cli import main
+from featcache.predict_cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +101,10 @@ def test_predict_averages_over_the_views_a_head_was_trained_on(
     """A head trained on flipped views: predict extracts the same views of every file and
     averages the head's probabilities over each file's two rows; --no-tta uses the file alone."""
     from classifier.artifact import load_head
-    from classifier.predict import default_cache
     from classifier.training import train
     from extractor import open_cache
     from extractor.runner import Options, run
+    from featcache.predict_folder import default_cache
 
     images = tmp_path / "images"
     for cls in ("defective", "functional"):

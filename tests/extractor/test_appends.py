@@ -22,9 +22,10 @@ from fakes import fake_features, make_folder, opts
 from imagegen import gradient
 from PIL import Image
 
-from extractor import open_cache, rowstore
+from extractor import open_cache
 from extractor.cache import parts_dir, write_cache
-from extractor.rowstore import disk_bytes, rows_dir
+from extractor.cache import rows as cache_rows
+from extractor.cache.rows import disk_bytes, rows_dir
 from extractor.runner import run
 from featcache import cli
 
@@ -181,14 +182,14 @@ def test_an_old_format_cache_opens_and_is_upgraded_once(
     old = _digest(out)
 
     _add(folder, "dog", range(2))
-    with caplog.at_level(logging.WARNING, logger="extractor.rowstore"):
+    with caplog.at_level(logging.WARNING, logger="extractor.cache.rows"):
         run(opts(folder, out), features_fn=fake_features)
     upgraded = [r for r in caplog.records if "upgrading" in r.getMessage()]
     assert len(upgraded) == 1 and "once" in upgraded[0].getMessage()
     assert _digest(rows_dir(out) / "rows-000000.h5") == old
     caplog.clear()
     _add(folder, "dog", range(5, 6))
-    with caplog.at_level(logging.WARNING, logger="extractor.rowstore"):
+    with caplog.at_level(logging.WARNING, logger="extractor.cache.rows"):
         run(opts(folder, out), features_fn=fake_features)
     assert not [r for r in caplog.records if "upgrading" in r.getMessage()]
     assert _content(out) == _content(_fresh(folder, tmp_path))
@@ -222,7 +223,8 @@ CHILD = """
 import os, signal, sys
 from pathlib import Path
 from fakes import fake_features, opts
-from extractor import rowstore, cache
+from extractor.cache import rows as cache_rows
+from extractor.cache import writer
 from extractor.runner import run
 
 point = sys.argv[3]
@@ -239,20 +241,20 @@ def after(module, name):
     setattr(module, name, wrapped)
 
 if point == "adopt":
-    after(rowstore, "_adopt")  # the old cache linked as a row file, nothing else yet
+    after(cache_rows, "_adopt")  # the old cache linked as a row file, nothing else yet
 elif point == "row-file-write":
     calls = []
-    real_copy = cache._copy_rows
+    real_copy = writer.copy_rows
     def copy(*args, **kwargs):
         real_copy(*args, **kwargs)
         calls.append(1)
         if len(calls) == 2:
             die()  # half-way through writing the new row file
-    cache._copy_rows = copy
+    writer.copy_rows = copy
 elif point == "row-file-done":
-    after(rowstore, "_rows_in")  # the row file complete, the index not written
+    after(cache_rows, "_rows_in")  # the row file complete, the index not written
 elif point == "index-done":
-    rowstore.remove_unused = die  # the index committed; checkpoints and files not cleared
+    cache_rows.remove_unused = die  # the index committed; checkpoints and files not cleared
 run(opts(Path(sys.argv[1]), Path(sys.argv[2]), checkpoint_every=3), features_fn=fake_features)
 """
 
@@ -281,7 +283,7 @@ def test_kill_9_during_an_append(tmp_path: Path, point: str) -> None:
     assert _content(out) == fresh
     assert not parts_dir(out).exists()
     with h5py.File(out, "r") as f:
-        used = {Path(n).name for n in rowstore.row_files(f)}
+        used = {Path(n).name for n in cache_rows.row_files(f)}
     on_disk = {p.name for p in rows_dir(out).iterdir()} if rows_dir(out).exists() else set()
     assert on_disk == used  # what the killed run left behind is gone
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".f.h5.tmp")]

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from fakes import fake_features, make_folder, opts
 
-from extractor import cache as cache_mod
 from extractor import open_cache
-from extractor.cache import parts_dir
+from extractor.cache import parts_dir, writer
 from extractor.runner import run
 
 
@@ -31,7 +30,7 @@ def test_disk_full_during_consolidation_leaves_no_temporary_file(
     before = out.read_bytes()
     make_folder(folder, per_class=2, classes=("bird",))
 
-    monkeypatch.setattr(cache_mod, "_copy_rows", _disk_full)
+    monkeypatch.setattr(writer, "copy_rows", _disk_full)
     with pytest.raises(OSError, match="No space left"):
         run(opts(folder, out), features_fn=fake_features)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -11,7 +11,7 @@ import pytest
 from fakes import fake_features, make_folder, opts
 
 from extractor import open_cache
-from extractor import shards as sh
+from extractor.cache import shards as sh
 from extractor.runner import run
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "CACHE.md"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from extractor import FeatureSpec, open_cache, write_cache
-from extractor import shards as sh
+from extractor.cache import shards as sh
 from extractor.runner import ExtractError, Options
 
 SPEC = FeatureSpec(backbone="vgg16", weights_sha256="x" * 64, layer="block5_pool",
@@ -290,7 +290,7 @@ def test_ray_engine_on_a_cache_a_local_run_appended_to(
     """The Ray engine compacts an appended-to cache (issue 19) before it uses it as a shard:
     nothing is extracted twice and no row file is left behind."""
     from extractor import ray_engine
-    from extractor.rowstore import rows_dir
+    from extractor.cache.rows import rows_dir
     from extractor.runner import run
 
     images = _folder(elpv_dir, tmp_path / "images", 2)
@@ -401,9 +401,9 @@ def test_predict_on_ray_with_a_views_head_equals_local_predict(
     import csv
 
     from classifier.artifact import load_head
-    from classifier.predict_cli import main as predict
     from classifier.training import train
     from extractor.runner import run
+    from featcache.predict_cli import main as predict
 
     images = tmp_path / "images"
     for cls in ("defective", "functional"):

@@ -16,7 +16,7 @@ from fakes import fake_features, make_folder, opts
 from ray_faults import RaisesOnce, StallsOnWorkerNode, ship
 
 from extractor import open_cache, ray_engine
-from extractor import shards as sh
+from extractor.cache import shards as sh
 from extractor.runner import ExtractError, Summary, run
 
 pytestmark = pytest.mark.slow

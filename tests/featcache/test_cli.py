@@ -30,7 +30,7 @@ SCRIPTS = {
     "extract": ("extractor.cli", "main"),
     "train-head": ("classifier.cli", "train_main"),
     "evaluate": ("classifier.cli", "evaluate_main"),
-    "predict": ("classifier.predict_cli", "main"),
+    "predict": ("featcache.predict_cli", "main"),
     "serve": ("service.cli", "main"),
 }
 
@@ -169,13 +169,13 @@ def test_only_the_console_module_configures_logging() -> None:
                 if call in text and path != REPO / "extractor" / "console.py":
                     offenders.append(f"{path.relative_to(REPO)}: {call}")
     assert offenders == []
-    for module in ("extractor/cli.py", "classifier/cli.py", "classifier/predict_cli.py",
+    for module in ("extractor/cli.py", "classifier/cli.py", "featcache/predict_cli.py",
                    "service/cli.py", "featcache/cli.py"):
         assert "console.setup_logging(" in (REPO / module).read_text(), module
 
 
 def test_import_is_light_and_loads_no_tensorflow() -> None:
-    code = ("import sys, featcache, extractor.cli, classifier.cli, classifier.predict_cli, "
+    code = ("import sys, featcache, extractor.cli, classifier.cli, featcache.predict_cli, "
             "service.cli, featcache.cli; heavy = [m for m in ('tensorflow', 'keras', 'sklearn', "
             "'h5py', 'numpy', 'onnxruntime', 'fastapi') if m in sys.modules]; "
             "assert not heavy, heavy; print(featcache.__version__)")

@@ -38,25 +38,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor.atomic import atomic_h5
-from extractor.cache import (
+from extractor.cache.layout import (
     FORMAT,
     AugmentSettings,
     CacheError,
-    _chunk_rows,
-    _create_dataset,
-    _from_attr,
-    _read_stats,
-    _set_attrs,
-    _strings,
-    _write_stats,
-    _write_strings,
+    chunk_rows,
+    create_dataset,
     feature_datasets,
+    from_attr,
     label_dims,
-    lost_sources_message,
-    write_rows,
+    read_stats,
+    set_attrs,
+    strings,
     write_spec,
+    write_stats,
+    write_strings,
 )
-from extractor.cache import missing_sources as cache_missing_sources
+from extractor.cache.reader import lost_sources_message
+from extractor.cache.reader import missing_sources as cache_missing_sources
+from extractor.cache.writer import write_rows
 from extractor.features import Features
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat
@@ -120,6 +120,9 @@ class Shard:
     stats: list[FileStat] | None = None
     #: Each row's view: 0 for the image, 1..V for its augmented views.
     views: list[int] = dataclasses.field(default_factory=list)
+    #: The file's mtime in ns (`mtime` is seconds): what change detection compares with
+    #: (`extractor.planner.shard_records`).
+    mtime_ns: int = 0
 
 
 def read_shard(
@@ -134,12 +137,12 @@ def read_shard(
     except OSError as exc:
         raise ShardError(f"shard {path} is not a readable HDF5 file ({exc})") from None
     with f:
-        attrs = {k: _from_attr(v) for k, v in f.attrs.items()}
+        attrs = {k: from_attr(v) for k, v in f.attrs.items()}
         if attrs.get("format") not in (SHARD_FORMAT, FORMAT):
             raise ShardError(f"{path} is not a shard (attribute format is {attrs.get('format')!r})")
         if f["features"].is_virtual:
             raise ShardError(f"{path} is itself a merged cache, not a shard")
-        paths, sha = _strings(f["paths"]), _strings(f["sha256"])
+        paths, sha = strings(f["paths"]), strings(f["sha256"])
         if f["features"].shape[0] != len(paths) or len(sha) != len(paths):
             raise ShardError(f"shard {path} is incomplete: {f['features'].shape[0]} feature rows "
                              f"for {len(paths)} paths")
@@ -155,11 +158,12 @@ def read_shard(
             if diffs:
                 raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
                                  " delete it or use another shards folder")
-        skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
+        skipped = dict(zip(strings(f["skipped/paths"]), strings(f["skipped/reasons"]),
                            strict=True))
-        stats = _read_stats(f, "", len(paths)) if "file_size" in f else None
+        stats = read_stats(f, "", len(paths)) if "file_size" in f else None
         views = f["view"][:].tolist() if "view" in f else [0] * len(paths)
-    return Shard(path, paths, sha, skipped, path.stat().st_mtime, stats, views)
+    st = path.stat()
+    return Shard(path, paths, sha, skipped, st.st_mtime, stats, views, st.st_mtime_ns)
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
@@ -215,13 +219,15 @@ def merge(
     class_names: Sequence[str],
     spec: FeatureSpec,
     extra_attrs: Mapping[str, Any],
+    verified: Mapping[str, FileStat] | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Write `cache_path` as a virtual dataset over `shards`; return (rows, skipped files).
 
     Only paths in `labels` (the folder as scanned now) are kept, sorted as the local engine
     sorts them, each image's views after it. When shards disagree about a path, a row beats a
     skip and the newest shard wins (all of the path's rows come from that shard).
-    The views' settings (`augment_*` attributes) belong in `extra_attrs`.
+    The views' settings (`augment_*` attributes) belong in `extra_attrs`. `verified` gives fresh
+    stats of files checked unchanged since their shard recorded them (recorded instead).
     """
     rows: dict[str, list[_Row]] = {}
     skipped: dict[str, str] = {}
@@ -239,11 +245,11 @@ def merge(
     n = len(keep)
     base = cache_path.parent
     with atomic_h5(cache_path) as out:
-        _set_attrs(out, spec, class_names, extra_attrs)
+        set_attrs(out, spec, class_names, extra_attrs)
         runs = _runs([row for _, row in keep])
         for dataset, shape in feature_datasets(spec).values():
             if not n:
-                _create_dataset(out, dataset, 0, shape)
+                create_dataset(out, dataset, 0, shape)
                 continue
             layout = h5py.VirtualLayout(shape=(n, *shape), dtype=np.float32)
             for dst, src, count, k in runs:
@@ -256,13 +262,14 @@ def merge(
             # NaN, not 0: ReLU features are mostly zeros, so a zero fill would pass for data.
             group.create_virtual_dataset(leaf, layout, fillvalue=np.nan)
         out.create_dataset("labels", data=np.array([labels[p] for p, _ in keep], np.int32))
-        _write_strings(out, "paths", [p for p, _ in keep])
-        _write_strings(out, "sha256", [row.sha256 for _, row in keep])
-        _write_stats(out, "", [row.stat for _, row in keep])
+        write_strings(out, "paths", [p for p, _ in keep])
+        write_strings(out, "sha256", [row.sha256 for _, row in keep])
+        now = verified or {}
+        write_stats(out, "", [now.get(p, row.stat) for p, row in keep])
         out.create_dataset("view", data=np.array([row.view for _, row in keep], np.int16))
         grp = out.create_group("skipped")
-        _write_strings(grp, "paths", skip_keep)
-        _write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
+        write_strings(grp, "paths", skip_keep)
+        write_strings(grp, "reasons", [skipped[p] for p in skip_keep])
         label_dims(out, spec)
     return len(images), [(p, skipped[p]) for p in skip_keep]
 
@@ -304,12 +311,12 @@ def make_self_contained(cache_path: Path) -> None:
     with h5py.File(cache_path, "r") as src, atomic_h5(cache_path) as out:
         for key, value in src.attrs.items():
             out.attrs[key] = value
-        spec = FeatureSpec.from_dict({k: _from_attr(v) for k, v in src.attrs.items()})
+        spec = FeatureSpec.from_dict({k: from_attr(v) for k, v in src.attrs.items()})
         for dataset, shape in feature_datasets(spec).values():
             feats = src[dataset]
             n = feats.shape[0]
-            dest = _create_dataset(out, dataset, n, shape)
-            step = max(1024, _chunk_rows(shape))
+            dest = create_dataset(out, dataset, n, shape)
+            step = max(1024, chunk_rows(shape))
             for start in range(0, n, step):
                 dest[start : start + step] = feats[start : start + step]
         # Values, not HDF5 copies: a copy would keep dimension-scale references into `src`.
@@ -317,8 +324,8 @@ def make_self_contained(cache_path: Path) -> None:
             if name in src:
                 out.create_dataset(name, data=src[name][:])
         for name in ("paths", "sha256", "skipped/paths", "skipped/reasons"):
-            _write_strings(out.require_group(name.rpartition("/")[0] or "/"),
-                           name.rpartition("/")[2], _strings(src[name]))
+            write_strings(out.require_group(name.rpartition("/")[0] or "/"),
+                           name.rpartition("/")[2], strings(src[name]))
         label_dims(out, spec)
 
 

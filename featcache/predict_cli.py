@@ -1,4 +1,8 @@
-"""`predict`: label every image in a folder with a trained head, offline (local or Ray)."""
+"""`predict`: label every image in a folder with a trained head, offline (local or Ray).
+
+Moved here from classifier/predict_cli.py (issue 17, item 3): it drives an extraction engine,
+which classifier may not import. The `predict` script's entry point is now
+`featcache.predict_cli:main`."""
 
 from __future__ import annotations
 
@@ -85,8 +89,9 @@ def _main(argv: list[str] | None, prog: str) -> int:
     console.setup_logging("warning", quiet=args.quiet)
 
     from classifier.artifact import load_head
-    from classifier.predict import default_cache, extract_for_head, predict_cache, write_predictions
+    from classifier.predict import predict_cache, write_predictions
     from extractor.ray_engine import RayOptions
+    from featcache.predict_folder import default_cache, extract_for_head
 
     progress = console.show_progress(args.quiet)
     try:

@@ -47,22 +47,24 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extractor import cache as _cache
 from extractor.atomic import atomic_h5, fsync_dir
-from extractor.cache import (
+from extractor.cache import writer
+from extractor.cache.layout import (
     CacheError,
-    Staging,
-    _create_dataset,
-    _from_attr,
-    _read_stats,
-    _set_attrs,
-    _strings,
-    _write_stats,
-    _write_strings,
+    create_dataset,
     feature_datasets,
+    from_attr,
     label_dims,
+    read_stats,
+    set_attrs,
+    strings,
     write_spec,
+    write_stats,
+    write_strings,
 )
+from extractor.cache.reader import open_cache
+from extractor.cache.staging import Staging
+from extractor.cache.writer import Row
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat
 
@@ -88,22 +90,13 @@ def rows_dir(cache_path: Path) -> Path:
 
 def row_files(f: h5py.File) -> list[str]:
     """The row files an index maps onto (empty: a self-contained or merged cache)."""
-    return [str(v) for v in _from_attr(f.attrs.get(ROW_FILES, []))]
+    return [str(v) for v in from_attr(f.attrs.get(ROW_FILES, []))]
 
 
 def is_index(cache_path: Path) -> bool:
     """Whether `cache_path` is an index over row files (the cache of a run that appended)."""
     with h5py.File(cache_path, "r") as f:
         return bool(row_files(f))
-
-
-@dataclasses.dataclass
-class _Row:
-    path: str
-    sha256: str
-    view: int
-    source: int  # index into _Sources.files
-    index: int  # row in that source's feature datasets
 
 
 @dataclasses.dataclass
@@ -114,7 +107,7 @@ class _Entry:
     sha256: str = ""
     stat: FileStat = UNKNOWN
     reason: str = ""
-    views: dict[int, _Row] = dataclasses.field(default_factory=dict)
+    views: dict[int, Row] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -126,7 +119,7 @@ class _Sources:
     #: folder, or None for a self-contained cache to adopt; rows stored in it).
     keepable: dict[int, tuple[str | None, int]] = dataclasses.field(default_factory=dict)
     entries: dict[str, _Entry] = dataclasses.field(default_factory=dict)
-    by_sha: dict[tuple[str, int], _Row] = dataclasses.field(default_factory=dict)
+    by_sha: dict[tuple[str, int], Row] = dataclasses.field(default_factory=dict)
     labels: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -134,7 +127,7 @@ class _Sources:
         self.files.append(h5py.File(path, "r"))
         return len(self.files) - 1
 
-    def add_rows(self, rows: Sequence[_Row], stats: Sequence[FileStat]) -> None:
+    def add_rows(self, rows: Sequence[Row], stats: Sequence[FileStat]) -> None:
         fresh: dict[str, _Entry] = {}
         for row, st in zip(rows, stats, strict=True):
             fresh.setdefault(row.path, _Entry("row", row.sha256, st)).views[row.view] = row
@@ -157,10 +150,10 @@ def _load_cache(cache_path: Path, srcs: _Sources) -> None:
     cache, adopted), or in shards (a merged cache: its rows will be copied)."""
     index = srcs.open(cache_path)
     f = srcs.files[index]
-    paths, shas = _strings(f["paths"]), _strings(f["sha256"])
-    views, stats = _views(f, len(paths)), _read_stats(f, "", len(paths))
+    paths, shas = strings(f["paths"]), strings(f["sha256"])
+    views, stats = _views(f, len(paths)), read_stats(f, "", len(paths))
     srcs.labels = dict(zip(paths, np.asarray(f["labels"][:]).tolist(), strict=True))
-    srcs.skipped = dict(zip(_strings(f["skipped/paths"]), _strings(f["skipped/reasons"]),
+    srcs.skipped = dict(zip(strings(f["skipped/paths"]), strings(f["skipped/reasons"]),
                             strict=True))
     names = row_files(f)
     if names:
@@ -170,12 +163,12 @@ def _load_cache(cache_path: Path, srcs: _Sources) -> None:
             srcs.keepable[k] = (Path(name).name, int(srcs.files[k]["features"].shape[0]))
         where = np.asarray(f["row_file"][:], np.int64).tolist()
         at = np.asarray(f["row_index"][:], np.int64).tolist()
-        rows = [_Row(p, s, v, opened[w], i)
+        rows = [Row(p, s, v, opened[w], i)
                 for p, s, v, w, i in zip(paths, shas, views, where, at, strict=True)]
     else:
         if not f["features"].is_virtual:
             srcs.keepable[index] = (None, len(paths))
-        rows = [_Row(p, s, v, index, i)
+        rows = [Row(p, s, v, index, i)
                 for i, (p, s, v) in enumerate(zip(paths, shas, views, strict=True))]
     srcs.add_rows(rows, stats)
 
@@ -184,24 +177,24 @@ def _load_parts(staging: Staging, srcs: _Sources) -> None:
     for part in staging.parts():
         k = srcs.open(part)
         f = srcs.files[k]
-        paths, shas = _strings(f["paths"]), _strings(f["sha256"])
-        rows = [_Row(p, s, v, k, i) for i, (p, s, v) in
+        paths, shas = strings(f["paths"]), strings(f["sha256"])
+        rows = [Row(p, s, v, k, i) for i, (p, s, v) in
                 enumerate(zip(paths, shas, _views(f, len(paths)), strict=True))]
-        srcs.add_rows(rows, _read_stats(f, "", len(paths)))
-        dups = _strings(f["dup_paths"])
-        for p, s, st in zip(dups, _strings(f["dup_sha256"]), _read_stats(f, "dup_", len(dups)),
+        srcs.add_rows(rows, read_stats(f, "", len(paths)))
+        dups = strings(f["dup_paths"])
+        for p, s, st in zip(dups, strings(f["dup_sha256"]), read_stats(f, "dup_", len(dups)),
                             strict=True):
             srcs.entries[p] = _Entry("dup", s, st)
-        skips = _strings(f["skip_paths"])
-        for p, r, st in zip(skips, _strings(f["skip_reasons"]),
-                            _read_stats(f, "skip_", len(skips)), strict=True):
+        skips = strings(f["skip_paths"])
+        for p, r, st in zip(skips, strings(f["skip_reasons"]),
+                            read_stats(f, "skip_", len(skips)), strict=True):
             srcs.entries[p] = _Entry("skip", stat=st, reason=r)
 
 
 @dataclasses.dataclass
 class _Kept:
     path: str
-    row: _Row
+    row: Row
     stat: FileStat
     label: int
 
@@ -237,7 +230,7 @@ def _in_place(srcs: _Sources, kept: _Kept) -> bool:
     return kept.row.source in srcs.keepable and kept.row.path == kept.path
 
 
-def _mappings(order: Sequence[_Row]) -> int:
+def _mappings(order: Sequence[Row]) -> int:
     runs, last = 0, None
     for row in order:
         if last is None or row.source != last.source or row.index != last.index + 1:
@@ -288,29 +281,26 @@ def plan_layout(
 
 
 def _copy_into(
-    out: h5py.Group, spec: FeatureSpec, rows: Sequence[_Row], srcs: _Sources
+    out: h5py.Group, spec: FeatureSpec, rows: Sequence[Row], srcs: _Sources
 ) -> None:
     n = len(rows)
     for dataset, shape in feature_datasets(spec).values():
-        dest = _create_dataset(out, dataset, n, shape)
+        dest = create_dataset(out, dataset, n, shape)
         if n:
-            _cache._copy_rows(dest, [_as_cache_row(r) for r in rows], srcs.files, dataset)
-
-
-def _as_cache_row(row: _Row) -> _cache._Row:
-    return _cache._Row(row.path, row.sha256, row.view, row.source, row.index)
+            # Through the module: tests stop a run half-way by replacing writer.copy_rows.
+            writer.copy_rows(dest, list(rows), srcs.files, dataset)
 
 
 def _write_metadata(out: h5py.File, kept: Sequence[_Kept], skip_keep: Sequence[tuple[str, str]]
                     ) -> None:
     out.create_dataset("labels", data=np.array([k.label for k in kept], np.int32))
-    _write_strings(out, "paths", [k.path for k in kept])
-    _write_strings(out, "sha256", [k.row.sha256 for k in kept])
+    write_strings(out, "paths", [k.path for k in kept])
+    write_strings(out, "sha256", [k.row.sha256 for k in kept])
     out.create_dataset("view", data=np.array([k.row.view for k in kept], np.int16))
-    _write_stats(out, "", [k.stat for k in kept])
+    write_stats(out, "", [k.stat for k in kept])
     grp = out.create_group("skipped")
-    _write_strings(grp, "paths", [p for p, _ in skip_keep])
-    _write_strings(grp, "reasons", [r for _, r in skip_keep])
+    write_strings(grp, "paths", [p for p, _ in skip_keep])
+    write_strings(grp, "reasons", [r for _, r in skip_keep])
 
 
 def _next_name(directory: Path) -> str:
@@ -352,7 +342,7 @@ def write(
     if not layout.stay:
         kept = sorted(layout.copy, key=lambda k: (k.path, k.row.view))
         with atomic_h5(cache_path) as out:
-            _set_attrs(out, spec, class_names, extra)
+            set_attrs(out, spec, class_names, extra)
             _copy_into(out, spec, [k.row for k in kept], srcs)
             _write_metadata(out, kept, skip_keep)
             label_dims(out, spec)
@@ -375,15 +365,15 @@ def write(
             write_spec(out.attrs, spec)
             out.attrs["format"] = ROWS_FORMAT
             _copy_into(out, spec, [k.row for k in new], srcs)
-            _write_strings(out, "paths", [k.path for k in new])
-            _write_strings(out, "sha256", [k.row.sha256 for k in new])
+            write_strings(out, "paths", [k.path for k in new])
+            write_strings(out, "sha256", [k.row.sha256 for k in new])
             out.create_dataset("view", data=np.array([k.row.view for k in new], np.int16))
         files.append(name)
         where.extend((len(files) - 1, i) for i in range(len(new)))
     kept = stay + new
     sizes = [_rows_in(directory / name) for name in files]
     with atomic_h5(cache_path) as out:
-        _set_attrs(out, spec, class_names, extra)
+        set_attrs(out, spec, class_names, extra)
         out.attrs[ROW_FILES] = np.array([f"{directory.name}/{n}" for n in files],
                                         dtype=h5py.string_dtype("utf-8"))
         _map_rows(out, spec, directory.name, files, sizes, where)
@@ -503,17 +493,17 @@ def disk_bytes(cache_path: Path) -> int:
 
 def compact(cache_path: Path) -> CompactSummary:
     """Rewrite a cache as one self-contained file, rows sorted by path, reclaiming the space
-    of dead rows. The caller holds the output's lock (`runner.lock_output`)."""
+    of dead rows. The caller holds the output's lock (`extractor.planner.lock_output`)."""
     if not cache_path.exists():
         raise CacheError(f"no such cache file: {cache_path}")
-    with _cache.open_cache(cache_path):  # refuses what is no cache, or lost row files
+    with open_cache(cache_path):  # refuses what is no cache, or lost row files
         pass
     before = disk_bytes(cache_path)
     srcs = _Sources()
     try:
         _load_cache(cache_path, srcs)
         index = srcs.files[0]
-        attrs = {k: _from_attr(v) for k, v in index.attrs.items()}
+        attrs = {k: from_attr(v) for k, v in index.attrs.items()}
         spec = FeatureSpec.from_dict(attrs)
         views = int(attrs.get("augment_views", 0))
         keep, _ = _select(srcs, srcs.labels, views, str(cache_path), {})
