@@ -116,6 +116,17 @@ class Views:
             mode = mode_of(str(attrs.get("augmentation", "")))
         return cls(count, mode, int(attrs.get("augment_seed", 0) or 0))
 
+    @property
+    def description(self) -> str:
+        """The views' parameters in words, as a cache's `augmentation` attribute records them."""
+        return describe(self.mode) if self else ""
+
+    def to_attrs(self) -> dict[str, Any]:
+        """As a cache's (or a shard's) attributes record them (docs/CACHE.md); `none` is the
+        mode of a cache without views."""
+        return {"augment_views": self.count, "augment_seed": self.seed,
+                "augmentation": self.description, "augment_mode": self.mode or "none"}
+
     def same_kind(self, other: Views) -> bool:
         """Whether views numbered alike are made alike (the same transforms)."""
         if self.mode != other.mode:

@@ -28,7 +28,7 @@ from extractor import augment as aug
 from extractor import backbone as bb
 from extractor import locking, vgg16
 from extractor.atomic import remove_stale_temps
-from extractor.cache import AugmentSettings, Staging, open_cache
+from extractor.cache import Staging, open_cache
 from extractor.cache.shards import Shard
 from extractor.features import DEFAULT_POOLED_LAYERS
 from extractor.runtimes.int8 import Int8Error
@@ -65,11 +65,10 @@ class Options:
     pooled_layers: tuple[str, ...] | None = None
 
     @property
-    def augmentation(self) -> AugmentSettings:
+    def augmentation(self) -> aug.Views:
         if not self.augment:
-            return AugmentSettings()
-        return AugmentSettings(self.augment, self.augment_seed, aug.describe(self.augment_mode),
-                               self.augment_mode)
+            return aug.Views()
+        return aug.Views(self.augment, self.augment_mode, self.augment_seed)
     #: "auto" (onnxruntime when installed, else keras), "keras" or "onnxruntime".
     runtime: str = bb.AUTO
     #: "fp32" (equal to Keras) or "int8" (the quantized model, `extractor.runtimes.int8`).
@@ -170,7 +169,7 @@ def plan(opts: Options) -> tuple[Listing, FeatureSpec, Path]:
             )
         if theirs_augment != opts.augmentation:
             raise ExtractError(
-                f"{opts.out} holds {theirs_augment.views} augmented views per image (seed "
+                f"{opts.out} holds {theirs_augment.count} augmented views per image (seed "
                 f"{theirs_augment.seed}; {theirs_augment.description or 'none'}); this run asks "
                 f"for {opts.augment} (seed {opts.augment_seed}; {opts.augment_mode}). Use the "
                 f"same --augment, --augment-seed and --augment-mode, another --out, or delete "

@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 
 from extractor import features as named
 from extractor.augment import Views
-from extractor.cache import AugmentSettings
 from extractor.cache import rows as cache_rows
 from extractor.cache import shards as sh
 from extractor.pipeline import FeatureFn, LoadedFile, load_bytes
@@ -93,9 +92,8 @@ class ShardWriter:
                  augment: dict[str, Any] | None = None,
                  features_fn: FeatureFn | None = None) -> None:
         self.spec = FeatureSpec.from_dict(spec)
-        #: As the cache's storage records them (shards are written with them) ...
-        self.augment = AugmentSettings.from_attrs(augment or {})
-        #: ... and as the inference path makes them.
+        #: As the cache's storage records them (shards are written with them), and as the
+        #: inference path makes them: one type.
         self.views = Views.from_attrs(augment or {})
         if features_fn is None:
             from extractor.backbone import ConvBase
@@ -127,7 +125,7 @@ class ShardWriter:
         return Path(os.path.relpath(path, self.root)).as_posix()
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        size, views = self.spec.input_size, self.augment
+        size = self.spec.input_size
         items = [load_bytes(self._rel(str(p)), bytes(b), size, self.views)
                  for p, b in zip(batch["path"], batch["bytes"], strict=True)]
         skipped = [(it.path, it.error) for it in items if it.error is not None]
@@ -151,7 +149,7 @@ class ShardWriter:
                                [it.sha256 for it in good for _ in it.rows], rows,
                                [(p, r) for p, r in skipped if r is not None],
                                [stats[it.path] for it in good for _ in it.rows],
-                               [v for it in good for v in range(len(it.rows))], views)
+                               [v for it in good for v in range(len(it.rows))], self.views)
         return {
             "shard": np.array([str(shard)]),
             "files": np.array([len(items)]),
@@ -332,7 +330,7 @@ _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ")
 
 def _record_vanished(
     root: Path, todo: list[str], shards: list[sh.Shard], reported: list[Path], sdir: Path,
-    spec: FeatureSpec, augment: AugmentSettings,
+    spec: FeatureSpec, augment: Views,
 ) -> bool:
     """Files gone before they were read become skipped rows; any other gap is an error."""
     mine = {p.resolve() for p in reported}

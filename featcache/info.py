@@ -78,8 +78,8 @@ def describe_cache(path: Path) -> dict[str, Any]:
     import h5py
     import numpy as np
 
+    from extractor.augment import Views
     from extractor.cache import (
-        AugmentSettings,
         missing_sources,
         open_cache,
         virtual_source_files,
@@ -112,7 +112,7 @@ def describe_cache(path: Path) -> dict[str, Any]:
         shards = virtual_source_files(f)
         missing = [str(p) for p in missing_sources(f, path)]
     images = views == 0
-    augment = AugmentSettings.from_attrs(attrs)
+    augment = Views.from_attrs(attrs)
     classes = [{"name": n, "images": int(np.sum(labels[images] == i))}
                for i, n in enumerate(names)]
     return {
@@ -124,7 +124,7 @@ def describe_cache(path: Path) -> dict[str, Any]:
         "images": int(images.sum()),
         "unlabelled_images": int(np.sum(labels[images] < 0)),
         "classes": classes,
-        "views": {"per_image": augment.views, "mode": augment.mode, "seed": augment.seed},
+        "views": {"per_image": augment.count, "mode": augment.mode, "seed": augment.seed},
         "spec": spec.to_dict(),
         "features": spec.available_names(),
         "pooled_layers": list(spec.pooled_layers),

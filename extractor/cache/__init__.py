@@ -23,7 +23,6 @@ stay outside the package: the engines and the int8 model store use them too.
 from extractor.cache.layout import (
     FORMAT,
     PART_FORMAT,
-    AugmentSettings,
     CacheError,
     as_features,
     dataset_name,
@@ -46,7 +45,6 @@ from extractor.cache.writer import write_cache, write_rows
 __all__ = [
     "FORMAT",
     "PART_FORMAT",
-    "AugmentSettings",
     "CacheError",
     "Checkpoint",
     "CompactSummary",

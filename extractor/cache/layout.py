@@ -28,7 +28,6 @@ rules are checked by tests/test_layers.py).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +37,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor import features as named
-from extractor.augment import mode_of
 from extractor.features import Features
 from extractor.spec import FeatureSpec
 from extractor.walk import UNKNOWN, FileStat
@@ -61,29 +59,6 @@ STR = h5py.string_dtype("utf-8")
 
 class CacheError(RuntimeError):
     """A cache file is missing, unreadable, or not a feature cache."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentSettings:
-    """How many augmented views each image has in a cache, and how they were drawn."""
-
-    views: int = 0
-    seed: int = 0
-    description: str = ""
-    #: `recipe`, `dihedral` or `flips` (`extractor.augment`); `none` without views.
-    mode: str = "none"
-
-    def to_attrs(self) -> dict[str, Any]:
-        return {"augment_views": self.views, "augment_seed": self.seed,
-                "augmentation": self.description, "augment_mode": self.mode}
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> AugmentSettings:
-        views = int(attrs.get("augment_views", 0))
-        description = str(attrs.get("augmentation", ""))
-        mode = str(attrs.get("augment_mode", "")) or (
-            mode_of(description) if views else "none")  # caches before augment_mode
-        return cls(views, int(attrs.get("augment_seed", 0)), description, mode)
 
 
 def package_version() -> str:

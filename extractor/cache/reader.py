@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from extractor.augment import Views
 from extractor.cache.layout import (
     FORMAT,
-    AugmentSettings,
     CacheError,
     from_attr,
     read_rows,
@@ -121,8 +121,8 @@ class FeatureCache:
         return int((self.views == 0).sum())
 
     @property
-    def augmentation(self) -> AugmentSettings:
-        return AugmentSettings.from_attrs(self.attrs)
+    def augmentation(self) -> Views:
+        return Views.from_attrs(self.attrs)
 
     @property
     def skipped(self) -> list[tuple[str, str]]:

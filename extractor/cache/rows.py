@@ -455,7 +455,7 @@ def consolidate(
         if cache_path.exists():
             _load_cache(cache_path, srcs)
         _load_parts(staging, srcs)
-        keep, skip_keep = _select(srcs, labels, staging.augment.views, str(staging.dir),
+        keep, skip_keep = _select(srcs, labels, staging.augment.count, str(staging.dir),
                                   verified or {})
         dropped = sum(1 for p, e in srcs.entries.items() if e.kind != "skip" and p not in labels)
         if dropped:

@@ -38,9 +38,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from extractor.atomic import atomic_h5
+from extractor.augment import Views
 from extractor.cache.layout import (
     FORMAT,
-    AugmentSettings,
     CacheError,
     chunk_rows,
     create_dataset,
@@ -90,7 +90,7 @@ def write_shard(
     skipped: Sequence[tuple[str, str]],
     file_stats: Sequence[FileStat] | None = None,
     views: Sequence[int] | None = None,
-    augment: AugmentSettings | None = None,
+    augment: Views | None = None,
 ) -> Path:
     """Write one shard atomically (temporary name, then rename) and return its path.
 
@@ -100,7 +100,7 @@ def write_shard(
     path = directory / shard_name([*dict.fromkeys(paths), *(p for p, _ in skipped)])
     with atomic_h5(path) as f:
         write_spec(f.attrs, spec)
-        for key, value in (augment or AugmentSettings()).to_attrs().items():
+        for key, value in (augment or Views()).to_attrs().items():
             f.attrs[key] = value
         f.attrs["format"] = SHARD_FORMAT
         write_rows(f, spec, features, paths, sha256, skipped, file_stats)
@@ -126,7 +126,7 @@ class Shard:
 
 
 def read_shard(
-    path: Path, spec: FeatureSpec | None = None, augment: AugmentSettings | None = None
+    path: Path, spec: FeatureSpec | None = None, augment: Views | None = None
 ) -> Shard:
     """Open and check one shard: readable, a shard or cache, rows complete, same settings
     (`spec`, and `augment` when given: the same views)."""
@@ -153,7 +153,7 @@ def read_shard(
                 if dataset not in f or f[dataset].shape[0] != len(paths):
                     raise ShardError(f"shard {path} is incomplete: no {len(paths)} rows of "
                                      f"{dataset}")
-            if augment is not None and AugmentSettings.from_attrs(attrs) != augment:
+            if augment is not None and Views.from_attrs(attrs) != augment:
                 diffs.append("augmented views")
             if diffs:
                 raise ShardError(f"shard {path} was made with other settings ({', '.join(diffs)});"
@@ -184,7 +184,7 @@ def list_shards(directory: Path) -> list[Path]:
 
 def load_shards(
     directory: Path, spec: FeatureSpec | None, expected: Sequence[Path] = (),
-    augment: AugmentSettings | None = None,
+    augment: Views | None = None,
 ) -> list[Shard]:
     """Every shard in `directory`, oldest first, checked; each of `expected` must be there.
 

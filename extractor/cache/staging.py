@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 
 from extractor.atomic import atomic_h5
+from extractor.augment import Views
 from extractor.cache.layout import (
     PART_FORMAT,
-    AugmentSettings,
     CacheError,
     create_dataset,
     feature_datasets,
@@ -78,11 +78,11 @@ class Staging:
     """The `<cache>.parts/` directory of a run in progress: append-only, complete files only."""
 
     def __init__(
-        self, cache_path: Path, spec: FeatureSpec, augment: AugmentSettings | None = None
+        self, cache_path: Path, spec: FeatureSpec, augment: Views | None = None
     ) -> None:
         self.dir = parts_dir(cache_path)
         self.spec = spec
-        self.augment = augment or AugmentSettings()
+        self.augment = augment or Views()
 
     def parts(self) -> list[Path]:
         if not self.dir.is_dir():
@@ -96,7 +96,7 @@ class Staging:
                 attrs = {k: from_attr(v) for k, v in f.attrs.items()}
             theirs = FeatureSpec.from_dict(attrs)
             diffs = list(self.spec.file_differences(theirs))
-            if AugmentSettings.from_attrs(attrs) != self.augment:
+            if Views.from_attrs(attrs) != self.augment:
                 diffs.append("augmentation")
             if diffs:
                 fields = ", ".join(diffs)

@@ -44,7 +44,7 @@ def test_cache_rows_hold_each_image_then_its_views(tmp_path: Path) -> None:
         paths, views = cache.paths, cache.views.tolist()
         x, y = cache.read()
         assert len(cache) == 21
-        assert cache.augmentation.views == 2
+        assert cache.augmentation.count == 2
         assert paths[:3] == ["cat/cat000.png"] * 3 and views[:3] == [0, 1, 2]
         assert sorted(zip(paths, views, strict=True)) == list(zip(paths, views, strict=True))
         # Views are different pictures of the same image, with the image's label.
@@ -127,12 +127,13 @@ def test_augment_mode_attribute_and_old_caches(tmp_path: Path) -> None:
         with h5py.File(out, "a") as f:  # as a cache written before the attribute existed
             del f.attrs["augment_mode"]
         with open_cache(out) as cache:
-            assert (cache.augmentation.mode, cache.augmentation.views) == (mode, k)
+            assert (cache.augmentation.mode, cache.augmentation.count) == (mode, k)
         again = run(opts(folder, out, augment=k, augment_mode=mode), features_fn=fake_features)
         assert again.extracted == 0  # the derived mode matches: the cache is extended, as before
     run(opts(folder, tmp_path / "plain.h5"), features_fn=fake_features)
     with open_cache(tmp_path / "plain.h5") as cache:
-        assert cache.augmentation.mode == "none" and cache.augmentation.views == 0
+        assert not cache.augmentation and cache.augmentation.count == 0
+        assert cache.attrs["augment_mode"] == "none"  # as docs/CACHE.md says a file records it
 
 
 def test_flips_mode_stores_the_mirror_image(tmp_path: Path) -> None:
