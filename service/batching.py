@@ -35,13 +35,12 @@ from numpy.typing import NDArray
 
 from extractor import features as named
 from extractor.features import Features
+from extractor.pipeline import FeatureFn
 from service.errors import NotReadyError
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-#: Pixels (N, H, W, 3) -> named features (`extractor.features`), N rows each.
-FeatureFn = Callable[[NDArray[np.uint8]], Features]
 T = TypeVar("T")
 
 

@@ -5,9 +5,9 @@ Python API (`featcache.load_head(...).predict`). Real weights, 6 real images, a 
 2 dihedral views of each of 24 (so 3 rows per image, averaged), with its out-of-distribution
 guard (which needs at least 10 training images).
 
-Merges what tests/service/test_python_api_matches.py (API == serve) and
-tests/service/test_views_served.py (serve averages the cached views; a repeated upload runs no
-forward pass) checked, and adds the engines and `predict`.
+Takes over what tests/service/test_views_served.py checked (serve averages the cached views; a
+repeated upload runs no forward pass), and adds the engines and `predict`; a head without views
+is tests/service/test_python_api_matches.py's.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def images(small_image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A small local Ray (as tests/extractor's `local_ray`), or the one already running."""
-    pytest.importorskip("ray.data")
     import ray
 
     saved = os.environ.get("RAY_AUTH_MODE")
