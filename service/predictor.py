@@ -15,10 +15,11 @@ upload, batched together, each cached on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,32 @@ class Predictor:
             f"(the limit is {self.max_queue}); retry in a moment"
         )
 
+    async def _identity(self, data: bytes) -> str:
+        """The upload's SHA-256, once it is known to be within the size limit
+        (`UploadTooLargeError` otherwise). Hashing 10 MB takes ~20 ms: too long to hold the
+        event loop, so large uploads are hashed on a thread."""
+        if len(data) > self.max_upload_bytes:
+            raise UploadTooLargeError(
+                f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
+            )
+        if len(data) < 256 * 1024:
+            return sha256_of(data)
+        return await run_in_threadpool(sha256_of, data)
+
+    @contextlib.contextmanager
+    def _admitted(self, images: int) -> Iterator[None]:
+        """Count `images` as waiting for the model for the block (`OverloadedError` at once
+        when the queue is already full)."""
+        if self.waiting >= self.max_queue:
+            raise self._overloaded()
+        self.waiting += images
+        self._metrics.images_waiting.set(self.waiting)
+        try:
+            yield
+        finally:
+            self.waiting -= images
+            self._metrics.images_waiting.set(self.waiting)
+
     async def features(
         self, data: bytes, views: Views | None = None
     ) -> tuple[Features, bool, dict[str, float]]:
@@ -143,14 +170,8 @@ class Predictor:
         `views` (a head's `classifier.views.Views`; None or empty: the upload alone). Rows
         come from the cache when the same bytes were seen before; the others go through the
         conv base together."""
-        if len(data) > self.max_upload_bytes:
-            raise UploadTooLargeError(
-                f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
-            )
         t0 = time.perf_counter()
-        # Hashing 10 MB takes ~20 ms: too long to hold the event loop.
-        key = (sha256_of(data) if len(data) < 256 * 1024
-               else await run_in_threadpool(sha256_of, data))
+        key = await self._identity(data)
         keys = view_keys(key, views)
         rows: list[Features | None] = [self.cache.get(k) for k in keys]
         t1 = time.perf_counter()
@@ -158,11 +179,7 @@ class Predictor:
         wanted = [v for v, r in enumerate(rows) if r is None]
         if not wanted:
             return named.stack(r for r in rows if r is not None), True, timings
-        if self.waiting >= self.max_queue:
-            raise self._overloaded()
-        self.waiting += len(wanted)
-        self._metrics.images_waiting.set(self.waiting)
-        try:
+        with self._admitted(len(wanted)):
             pixels = await self._decoder.run(_decode, data, self.image_size,
                                              self.max_image_pixels, key, views, wanted)
             timings["decode"] = (time.perf_counter() - t1) * 1000.0
@@ -175,9 +192,6 @@ class Predictor:
                 for task in tasks:
                     task.cancel()
                 raise
-        finally:
-            self.waiting -= len(wanted)
-            self._metrics.images_waiting.set(self.waiting)
         for v, (features, batch) in zip(wanted, results, strict=True):
             rows[v] = features
             self.cache.put(keys[v], features)
@@ -192,28 +206,16 @@ class Predictor:
         holds no maps), and outside the batcher, in one pass of its own."""
         if self._maps is None:
             raise ExplainUnavailableError("explanations are not available on this server")
-        if len(data) > self.max_upload_bytes:
-            raise UploadTooLargeError(
-                f"upload too large: {len(data)} bytes, the limit is {self.max_upload_bytes}"
-            )
         t0 = time.perf_counter()
-        key = (sha256_of(data) if len(data) < 256 * 1024
-               else await run_in_threadpool(sha256_of, data))
+        key = await self._identity(data)
         keys = view_keys(key, views)
         wanted = list(range(len(keys)))
-        if self.waiting >= self.max_queue:
-            raise self._overloaded()
-        self.waiting += len(wanted)
-        self._metrics.images_waiting.set(self.waiting)
-        try:
+        with self._admitted(len(wanted)):
             t1 = time.perf_counter()
             pixels = await self._decoder.run(_decode, data, self.image_size,
                                              self.max_image_pixels, key, views, wanted)
             t2 = time.perf_counter()
             maps, features, forward_ms = await self._maps(pixels)
-        finally:
-            self.waiting -= len(wanted)
-            self._metrics.images_waiting.set(self.waiting)
         for v, k in enumerate(keys):  # a plain request for it later hits
             self.cache.put(k, named.row(features, v))
         timings = {"hash": (t1 - t0) * 1000.0, "decode": (t2 - t1) * 1000.0, "queue": 0.0,
