@@ -81,13 +81,15 @@ def write_report(path: str | os.PathLike[str], metrics: dict[str, Any],
     path = Path(path)
     check_report_path(path)
     classes = [str(c) for c in metrics["classes"]]
-    figures = _figures(metrics, predictions, classes)
+    numbers = summary(metrics, predictions)
+    figures = _figures(metrics, predictions, classes, numbers)
     mistakes = worst_mistakes(predictions, classes, gallery)
     try:
         if path.suffix.lower() == ".pdf":
-            _write_pdf(path, metrics, predictions, head_meta, figures, mistakes)
+            _write_pdf(path, metrics, predictions, head_meta, numbers, figures, mistakes)
         else:
-            html_text = _html(metrics, predictions, head_meta, figures, mistakes, overlay)
+            html_text = _html(metrics, predictions, head_meta, numbers, figures, mistakes,
+                              overlay)
             path.write_text(html_text, encoding="utf-8")
     finally:
         plt = _pyplot()
@@ -100,14 +102,16 @@ def write_report(path: str | os.PathLike[str], metrics: dict[str, Any],
 
 def summary(metrics: dict[str, Any], predictions: Predictions) -> dict[str, Any]:
     """The report's headline numbers: accuracy with its Wilson 95% interval, calibration
-    error and the area under the risk-coverage curve."""
+    error and the area under the risk-coverage curve; and the two curves they come from
+    (`reliability`, `risk_coverage`), which the figures draw."""
     n = int(metrics["n"])
     correct = round(metrics["accuracy"] * n) if n else 0
     lo, hi = wilson_interval(correct, n)
     rc = risk_coverage(predictions.y, predictions.proba)
     rel = reliability(predictions.y, predictions.proba)
     return {"n": n, "correct": correct, "accuracy": metrics["accuracy"], "ci95": (lo, hi),
-            "ece": rel.ece, "aurc": rc.aurc, "roc_auc": metrics.get("roc_auc")}
+            "ece": rel.ece, "aurc": rc.aurc, "roc_auc": metrics.get("roc_auc"),
+            "reliability": rel, "risk_coverage": rc}
 
 
 def _head_facts(metrics: dict[str, Any], predictions: Predictions, head_meta: dict[str, Any]
@@ -158,8 +162,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _figures(metrics: dict[str, Any], predictions: Predictions, classes: list[str]
-             ) -> dict[str, Any]:
+def _figures(metrics: dict[str, Any], predictions: Predictions, classes: list[str],
+             numbers: dict[str, Any]) -> dict[str, Any]:
     plt = _pyplot()
     y, proba = predictions.y, predictions.proba
     out: dict[str, Any] = {}
@@ -188,7 +192,7 @@ def _figures(metrics: dict[str, Any], predictions: Predictions, classes: list[st
     fig.tight_layout()
     out["ROC"] = fig
 
-    rel = reliability(y, proba)
+    rel = numbers["reliability"]
     fig, ax = plt.subplots(figsize=(4.5, 4))
     centres = (rel.edges[:-1] + rel.edges[1:]) / 2
     filled = rel.count > 0
@@ -206,7 +210,7 @@ def _figures(metrics: dict[str, Any], predictions: Predictions, classes: list[st
     fig.tight_layout()
     out["reliability"] = fig
 
-    rc = risk_coverage(y, proba)
+    rc = numbers["risk_coverage"]
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.step(np.r_[0.0, rc.coverage], np.r_[rc.risk[:1], rc.risk], where="post")
     ax.set_xlim(0, 1)
@@ -273,9 +277,9 @@ def _fmt(value: float | None) -> str:
 
 
 def _html(metrics: dict[str, Any], predictions: Predictions, head_meta: dict[str, Any],
-          figures: dict[str, Any], mistakes: list[Mistake], overlay: Overlay | None) -> str:
+          s: dict[str, Any], figures: dict[str, Any], mistakes: list[Mistake],
+          overlay: Overlay | None) -> str:
     classes = [str(c) for c in metrics["classes"]]
-    s = summary(metrics, predictions)
     lo, hi = s["ci95"]
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -367,13 +371,12 @@ def _gallery_html(mistakes: list[Mistake], overlay: Overlay | None) -> list[str]
 # ---- PDF -------------------------------------------------------------------------------------
 
 def _write_pdf(path: Path, metrics: dict[str, Any], predictions: Predictions,
-               head_meta: dict[str, Any], figures: dict[str, Any],
+               head_meta: dict[str, Any], s: dict[str, Any], figures: dict[str, Any],
                mistakes: list[Mistake]) -> None:
     from matplotlib.backends.backend_pdf import PdfPages
 
     plt = _pyplot()
     classes = [str(c) for c in metrics["classes"]]
-    s = summary(metrics, predictions)
     lo, hi = s["ci95"]
     lines = [f"Evaluation of {Path(metrics['head']).name}", ""]
     lines += [f"{k}: {v}" for k, v in _head_facts(metrics, predictions, head_meta)]
